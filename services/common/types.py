@@ -1,0 +1,100 @@
+"""Plain data types shared by every service; protobuf never leaks past services/common/wire.py."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+
+class ErrorCode(enum.IntEnum):
+    """Per-item failure kinds; values equal proto `vsbench.v1.ErrorCode`."""
+
+    UNSPECIFIED = 0
+    INVALID_IMAGE = 1
+    IMAGE_TOO_LARGE = 2
+    UPSTREAM_ERROR = 3
+    INVALID_OUTPUT = 4
+    INTERNAL = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ImageItem:
+    """One encoded image on its way to a model. `data` is the file's bytes, never decoded pixels."""
+
+    id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    code: ErrorCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """The outcome for one item: exactly one of `vector` (1-D float32) and `error` is set."""
+
+    id: str
+    vector: np.ndarray | None = None
+    error: ItemError | None = None
+
+    def __post_init__(self) -> None:
+        if (self.vector is None) == (self.error is None):
+            raise ValueError(f"Embedding {self.id!r} needs exactly one of vector and error")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failed(cls, item_id: str, code: ErrorCode, message: str) -> "Embedding":
+        return cls(id=item_id, error=ItemError(code, message))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a server says about its model; copied into every result file."""
+
+    name: str
+    dim: int
+    preprocessing: str
+    normalized: bool
+    revision: str
+    max_batch: int
+    backend: str
+    dtype: str = "float32"
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "preprocessing": self.preprocessing,
+            "normalized": self.normalized,
+            "revision": self.revision,
+            "max_batch": self.max_batch,
+            "backend": self.backend,
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ModelInfo":
+        return cls(
+            name=data["name"],
+            dim=int(data["dim"]),
+            preprocessing=data.get("preprocessing", ""),
+            normalized=bool(data.get("normalized", False)),
+            revision=data.get("revision", ""),
+            max_batch=int(data.get("max_batch", 0)),
+            backend=data.get("backend", ""),
+            dtype=data.get("dtype", "float32"),
+            details=dict(data.get("details", {})),
+        )

@@ -1,0 +1,22 @@
+"""SEAM: how the evaluator gets vectors for images, whatever serves the model."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Protocol
+
+from services.common.types import Embedding, ImageItem, ModelInfo
+
+
+class EmbeddingServiceError(RuntimeError):
+    """The embedding service failed for good (retries exhausted, or a non-retryable status)."""
+
+
+class EmbeddingClient(Protocol):
+    def info(self) -> ModelInfo:
+        """The model behind this client, as its server describes it."""
+
+    def embed(self, items: Iterable[ImageItem]) -> Iterator[Embedding]:
+        """One Embedding per item (a vector or a per-item error), in any order. Items are pulled
+        from `items` lazily, so a large dataset streams without being held in memory."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,161 @@
+"""SEAM: a dataset is a list of image records plus how to read each image's bytes.
+
+Every loader (generic manifest, folder layout, SOP, Products-10K, ILIAS, the quickstart set)
+returns a `Dataset`; the pipeline never asks which kind it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator, Mapping, Sequence
+from urllib.parse import urlparse
+
+
+class Split(str, enum.Enum):
+    QUERY = "query"
+    GALLERY = "gallery"
+
+
+class Setup(str, enum.Enum):
+    """intra: queries are the gallery's own images (self-match removed); inter: separate splits."""
+
+    INTRA = "intra"
+    INTER = "inter"
+
+
+class GalleryType(str, enum.Enum):
+    """closed: every gallery image has a product; open: the gallery also holds distractors."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given. The message names the file and line (or record)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """One image. `location` is a POSIX path relative to the dataset root, or a file:// URI.
+    `product_id` is "" for a distractor (never relevant to any query)."""
+
+    image_id: str
+    location: str
+    product_id: str
+    split: Split
+
+    @property
+    def is_distractor(self) -> bool:
+        return self.product_id == ""
+
+
+@dataclass
+class Dataset:
+    """Records plus the facts the protocol needs. In an intra dataset every record is in the
+    gallery split and the queries are the gallery images that have a product id."""
+
+    name: str
+    setup: Setup
+    gallery_type: GalleryType
+    records: list[ImageRecord]
+    root: Path | None = None
+    description: str = ""
+    # Where the records came from and any subset applied: copied into results.
+    source: Mapping[str, str] = field(default_factory=dict)
+
+    # ---- views -------------------------------------------------------------------------
+    def gallery(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.split is Split.GALLERY]
+
+    def queries(self) -> list[ImageRecord]:
+        if self.setup is Setup.INTRA:
+            return [r for r in self.records if r.split is Split.GALLERY and not r.is_distractor]
+        return [r for r in self.records if r.split is Split.QUERY]
+
+    def counts(self) -> dict[str, int]:
+        gallery = self.gallery()
+        queries = self.queries()
+        return {
+            "query_images": len(queries),
+            "gallery_images": len(gallery),
+            "query_products": len({r.product_id for r in queries}),
+            "gallery_products": len({r.product_id for r in gallery if not r.is_distractor}),
+            "distractors": sum(r.is_distractor for r in gallery),
+        }
+
+    # ---- reading -----------------------------------------------------------------------
+    def path_of(self, record: ImageRecord) -> Path:
+        """The local file behind a record (relative locations resolve against `root`)."""
+        parsed = urlparse(record.location)
+        if parsed.scheme == "file":
+            return Path(parsed.path)
+        if parsed.scheme and len(parsed.scheme) > 1:
+            raise DatasetError(f"{record.image_id}: unsupported location scheme {parsed.scheme!r}")
+        if self.root is None:
+            return Path(record.location)
+        return self.root / record.location
+
+    def read(self, record: ImageRecord) -> bytes:
+        """The encoded image bytes. Loaders with other storage (tar shards, ...) override this."""
+        return self.path_of(record).read_bytes()
+
+    def missing(self, records: Iterable[ImageRecord] | None = None) -> list[ImageRecord]:
+        """Records whose file is absent: listed in results, and the run goes on without them."""
+        return [r for r in (self.records if records is None else records) if not self.path_of(r).is_file()]
+
+    def without(self, image_ids: set[str]) -> "Dataset":
+        """A copy without the given images (e.g. the missing ones), nothing else changed.
+        `replace` keeps the subclass, so loaders that override `read` (tar shards) still read."""
+        return dataclasses.replace(
+            self,
+            records=[r for r in self.records if r.image_id not in image_ids],
+            source=dict(self.source),
+        )
+
+    def validate(self) -> None:
+        validate_records(self.records, self.setup, where=self.name)
+
+
+def check_relative_location(location: str, where: str) -> None:
+    """Refuse absolute paths and `..` that would escape the dataset root."""
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return
+    path = PurePosixPath(location.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or location == "":
+        raise DatasetError(f"{where}: location {location!r} escapes the dataset root")
+
+
+def validate_records(records: Sequence[ImageRecord], setup: Setup, where: str) -> None:
+    """Whole-dataset checks; raise DatasetError naming the first offending record."""
+    seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        if record.image_id in seen:
+            raise DatasetError(
+                f"{where}: duplicate image id {record.image_id!r} (records {seen[record.image_id]} and {index})"
+            )
+        seen[record.image_id] = index
+        if not isinstance(record.split, Split):
+            raise DatasetError(f"{where}: record {index} ({record.image_id}) has unknown split {record.split!r}")
+        if record.split is Split.QUERY and record.is_distractor:
+            raise DatasetError(f"{where}: query {record.image_id!r} (record {index}) has no product id")
+        if setup is Setup.INTRA and record.split is Split.QUERY:
+            raise DatasetError(
+                f"{where}: record {index} ({record.image_id}) is a query in an intra dataset; "
+                "intra datasets hold gallery records only"
+            )
+        check_relative_location(record.location, f"{where}: record {index} ({record.image_id})")
+    if not any(r.split is Split.GALLERY for r in records):
+        raise DatasetError(f"{where}: the gallery split is empty")
+    if setup is Setup.INTER and not any(r.split is Split.QUERY for r in records):
+        raise DatasetError(f"{where}: the query split is empty")
+    if setup is Setup.INTRA and all(r.is_distractor for r in records):
+        raise DatasetError(f"{where}: no gallery image has a product id, so there are no queries")
+
+
+def iter_chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,62 @@
+"""SEAM: where embeddings live between embedding and scoring.
+
+One collection per (dataset, model). Point ids are derived from image ids (uuid5) so upserts are
+idempotent and a killed run resumes by asking which image ids are already stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+# Fixed namespace: the same image id always maps to the same point id, across runs and stores.
+POINT_NAMESPACE = uuid.UUID("5b3f7a9e-2d6c-4c1e-9a57-6f1f0c8e4b21")
+
+
+def point_id(image_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, image_id))
+
+
+@dataclass(frozen=True)
+class StoredVectors:
+    """Vectors read back from a store, in a deterministic order (the order of `image_ids` asked
+    for, or insertion order when all are read)."""
+
+    image_ids: list[str]
+    vectors: np.ndarray  # (n, dim) float32
+    payloads: list[dict]
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_id: str
+    score: float
+
+
+class VectorStore(Protocol):
+    """Payload of every point: image_id, product_id, split, dataset, model."""
+
+    def ensure_collection(self, name: str, dim: int) -> None:
+        """Create if absent (cosine-free: Distance.DOT on normalised vectors); error if dim differs."""
+
+    def existing_ids(self, name: str, image_ids: Sequence[str]) -> set[str]:
+        """Which of these image ids already have a vector stored."""
+
+    def upsert(self, name: str, image_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
+        """Insert or replace; vectors are L2-normalised float32."""
+
+    def fetch(self, name: str, image_ids: Sequence[str], batch_size: int = 4096) -> Iterator[StoredVectors]:
+        """Read stored vectors back in blocks, in the order of `image_ids` (missing ids skipped)."""
+
+    def search_exact(
+        self, name: str, queries: np.ndarray, k: int, split: str = "gallery", exclude_ids: Sequence[str | None] | None = None
+    ) -> list[list[Hit]]:
+        """Qdrant's exact search (full scan, dot product) restricted to one split; `exclude_ids`
+        gives per query an image id to leave out (intra self-match)."""
+
+    def count(self, name: str) -> int: ...
+
+    def close(self) -> None: ...

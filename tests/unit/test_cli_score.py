@@ -1,0 +1,75 @@
+"""`vsbench score`: the precomputed-embeddings contract, run as users run it (the console script)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def vsbench(*args):
+    return subprocess.run([sys.executable, "-m", "services.evaluator.cli", *args], capture_output=True, text=True)
+
+
+def save(path, vectors, ids, labels):
+    np.savez(path, embeddings=np.asarray(vectors, dtype=np.float32), ids=np.array(ids), labels=np.array(labels))
+
+
+def test_intra_scoring_writes_results_and_per_query_file(tmp_path):
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((20, 32))
+    vectors = np.repeat(centers, 3, axis=0) + 0.05 * rng.standard_normal((60, 32))
+    labels = [f"p{i // 3}" for i in range(60)]
+    save(tmp_path / "g.npz", vectors, [f"img{i}" for i in range(60)], labels)
+    done = vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--out", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["metrics"] == {"recall@1": 100.0, "recall@5": 100.0, "map@20": 100.0}
+    assert result["queries"] == {"total": 60, "scored": 60, "unanswerable": 0}
+    assert result["protocol"]["setup"] == "intra"
+    lines = (tmp_path / "r.queries.jsonl").read_text().splitlines()
+    assert len(lines) == 61  # header + one per query
+    first = json.loads(lines[1])
+    assert first["query_id"] == "img0" and first["first_relevant_rank"] == 1 and "img0" not in first["top_ids"]
+
+
+def test_inter_scoring_with_custom_k(tmp_path):
+    save(tmp_path / "g.npz", [[1, 0], [0, 1], [0.9, 0.1]], ["a", "b", "d"], ["A", "B", ""])
+    save(tmp_path / "q.npz", [[1, 0.05], [0.05, 1]], ["qa", "qb"], ["A", "B"])
+    done = vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--queries", str(tmp_path / "q.npz"),
+                   "--k", "1,2", "--map-k", "3", "--out", str(tmp_path / "out" / "r.json"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert set(result["metrics"]) == {"recall@1", "recall@2", "map@3"}
+    assert result["metrics"]["recall@1"] == 100.0
+
+
+@pytest.mark.parametrize(
+    "gallery, queries, expected",
+    [
+        (([[1, 0], [0, 1]], ["a", "b"], ["A"]), None, "mismatched lengths"),
+        (([[1, 0], [np.inf, 1]], ["a", "b"], ["A", "A"]), None, "row 1 (id 'b') has NaN or inf"),
+        (([[1, 0], [0, 0]], ["a", "b"], ["A", "A"]), None, "row 1 (id 'b') is a zero vector"),
+        (([[1, 0], [0, 1]], ["a", "a"], ["A", "A"]), None, "duplicate id 'a' at rows 0 and 1"),
+        (([[1, 0], [0, 1]], ["a", "b"], ["A", "A"]), ([[1, 0, 0]], ["q"], ["A"]), "dimension mismatch"),
+        (([[1, 0], [0, 1]], ["a", "b"], ["A", "A"]), ([[1, 0]], ["q"], [""]), "query with an empty label"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_clear_line(tmp_path, gallery, queries, expected):
+    save(tmp_path / "g.npz", *gallery)
+    args = ["score", "--gallery", str(tmp_path / "g.npz"), "--out", str(tmp_path / "r.json")]
+    if queries:
+        save(tmp_path / "q.npz", *queries)
+        args += ["--queries", str(tmp_path / "q.npz")]
+    done = vsbench(*args)
+    assert done.returncode != 0
+    assert expected in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_missing_npz_key_is_named(tmp_path):
+    np.savez(tmp_path / "g.npz", embeddings=np.eye(2, dtype=np.float32), ids=np.array(["a", "b"]))
+    done = vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--out", str(tmp_path / "r.json"))
+    assert done.returncode != 0 and "lacks key(s) labels" in done.stderr
