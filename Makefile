@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUNTIME_EXTRAS := evaluator,embedder,proxy
-TEST_EXTRAS := $(RUNTIME_EXTRAS),dev
+TEST_EXTRAS := $(RUNTIME_EXTRAS),triton,dev
 
 .PHONY: quickstart test install install-dev proto bench clean
 

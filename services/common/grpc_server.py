@@ -101,9 +101,14 @@ async def start(model: AsyncEmbedder, settings: ServerSettings) -> RunningServer
     token = settings.resolved_auth_token()
     if token:
         interceptors.append(_BearerAuth(token))
-    server = grpc.aio.server(
-        options=channel_options(settings.max_message_mb), interceptors=interceptors
-    )
+    options = channel_options(settings.max_message_mb)
+    if settings.max_connection_age_s:
+        # In-flight streams get a grace period; the evaluator's client resends what was unanswered.
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", 60_000),
+        ]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     pb_grpc.add_EmbedderServicer_to_server(EmbeddingServicer(model), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -36,8 +36,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m services.common.healthcheck",
         description="Exit 0 iff a gRPC server's standard health service answers SERVING, else 1.",
     )
-    parser.add_argument("address", nargs="?", help=f"HOST:PORT (default: ${ADDRESS_ENV} or {DEFAULT_ADDRESS})")
-    parser.add_argument("--service", default="", help="health service name to ask about; '' = the whole server")
+    parser.add_argument("address", nargs="?",
+                        help=f"HOST:PORT (default: ${ADDRESS_ENV} or {DEFAULT_ADDRESS})")
+    parser.add_argument("--service", default="",
+                        help="health service name to ask about; '' = the whole server")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     parser.add_argument("--tls-ca", type=Path, help=f"connect with TLS, trusting this CA (or ${TLS_CA_ENV})")
     parser.add_argument("--tls-cert", type=Path, help="client certificate, for servers that require one")

@@ -22,6 +22,9 @@ class ServerSettings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     max_message_mb: int = Field(DEFAULT_MAX_MESSAGE_MB, ge=1)
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on SIGTERM")
+    max_connection_age_s: float | None = Field(
+        None, gt=0, description="close client connections after this long so round-robin clients find new replicas"
+    )
     metrics_port: int | None = Field(None, description="serve Prometheus metrics on this port")
     tls_cert: Path | None = None
     tls_key: Path | None = None

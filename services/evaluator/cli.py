@@ -109,7 +109,11 @@ def table(
     runs = load_results(results_dir)
     if not runs:
         _fail(f"no vsbench result files under {results_dir}")
-    text = render_table(runs, fmt)
+    try:
+        text = render_table(runs, fmt)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
     if out:
         out.write_text(text)
         console.print(f"wrote {out}")
@@ -123,12 +127,15 @@ def report(
     out: Path = typer.Option(..., "--out", help="folder for the static site"),
 ) -> None:
     """Build the static report site (leaderboard, statistics, dataset pages, model cards, failures)."""
-    from services.evaluator.report.site import build_site
-
+    from services.evaluator.report import SiteError, build_site
     from services.evaluator.runner import dataset_image_resolver
 
-    index = build_site(results_dir, out, image_resolver=dataset_image_resolver())
-    console.print(f"report written: {index}")
+    try:
+        index = build_site(results_dir, out, image_resolver=dataset_image_resolver(results_dir))
+    except SiteError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"report written: {index}", highlight=False)
 
 
 # ---- running evaluations -----------------------------------------------------------------------
@@ -184,7 +191,7 @@ def embed(
 def quickstart(
     out: Path = typer.Option(Path("vsbench-quickstart"), "--out", help="where results and the report go"),
     small: bool = typer.Option(False, "--small", help="a reduced dataset (used by the test suite)"),
-    models: str = typer.Option("efficientnet-lite0,open-nsfw,color-histogram", help="registry models to serve"),
+    models: str = typer.Option("efficientnet-lite0,open-nsfw,histogram", help="registry models to serve"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Evaluate real pretrained models on real photos through the real services, in a few minutes."""
@@ -194,14 +201,41 @@ def quickstart(
                    console=console, show_progress=not quiet)
 
 
+@export_app.command("triton")
+def export_triton_command(
+    model: str = typer.Option(..., "--model", help="registry model name"),
+    out: Path = typer.Option(..., "--out", help="Triton model repository folder (created)"),
+    max_batch: int = typer.Option(64, "--max-batch", help="config.pbtxt max_batch_size"),
+    instance_kind: str = typer.Option("KIND_GPU", "--instance-kind", help="KIND_GPU or KIND_CPU"),
+    instance_count: int = typer.Option(1, "--instance-count", help="model instances per device"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="weights overriding the spec's"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="compare onnxruntime with the local backend"),
+) -> None:
+    """Write a Triton model repository (ONNX, config.pbtxt, TensorRT notes); see docs/triton.md."""
+    from services.embedder.backends.registry import UnknownModelError
+    from services.embedder.export_triton import ExportError, export_triton
+
+    try:
+        result = export_triton(model, out, max_batch=max_batch, instance_kind=instance_kind,
+                               instance_count=instance_count, weights=weights, verify=verify)
+    except (UnknownModelError, ExportError, ValueError, FileNotFoundError, ImportError) as exc:
+        _fail(str(exc))
+    console.print(result.summary(), highlight=False, soft_wrap=True)
+    console.print(f"wrote {result.model_dir} and {result.readme_path}", highlight=False, soft_wrap=True)
+
+
 # ---- catalogues ----------------------------------------------------------------------------------
 @app.command("datasets")
 def list_datasets() -> None:
     """Dataset formats this version can load."""
-    from services.evaluator.datasets.registry import DATASET_FORMATS
+    import inspect
 
-    for name, description in DATASET_FORMATS.items():
-        console.print(f"[bold]{name}[/]  {description}", highlight=False)
+    from services.evaluator.datasets.registry import DATASET_LOADERS, dataset_options
+
+    for name, loader in DATASET_LOADERS.items():
+        summary = (inspect.getdoc(loader) or "").splitlines()[0] if inspect.getdoc(loader) else ""
+        options = ", ".join(f"{k}={v!r}" for k, v in dataset_options(name).items())
+        console.print(f"[bold]{name}[/]  {summary}\n    options: {options or 'none'}", highlight=False)
 
 
 @app.command("models")

@@ -140,26 +140,28 @@ class Evaluation:
         started = time.perf_counter()
         with _progress(self.options.show_progress) as progress:
             task = progress.add_task(f"embed {dataset.name} / {model_name}", total=len(todo)) if progress else None
-            for embedding in client.embed(items()):
-                record = by_id.get(embedding.id)
-                if record is None:
-                    log.warning("server answered unknown id %r; ignored", embedding.id)
-                    continue
-                if embedding.error is not None:
-                    report.errors.append(_error(record, embedding.error.code.name, embedding.error.message))
-                else:
-                    problem = _vector_problem(embedding.vector, info.dim)
-                    if problem:
-                        report.errors.append(_error(record, ErrorCode.INVALID_OUTPUT.name, problem))
+            try:
+                for embedding in client.embed(items()):
+                    record = by_id.get(embedding.id)
+                    if record is None:
+                        log.warning("server answered unknown id %r; ignored", embedding.id)
+                        continue
+                    if embedding.error is not None:
+                        report.errors.append(_error(record, embedding.error.code.name, embedding.error.message))
+                    elif (invalid := _vector_problem(embedding.vector, info.dim)) is not None:
+                        report.errors.append(_error(record, ErrorCode.INVALID_OUTPUT.name, invalid))
                     else:
                         buffer_ids.append(embedding.id)
                         buffer_vectors.append(embedding.vector)
                         if len(buffer_ids) >= UPSERT_BATCH:
                             flush()
-                if progress:
-                    progress.advance(task)
-            flush()
-        report.seconds = time.perf_counter() - started
+                    if progress:
+                        progress.advance(task)
+            finally:
+                # Whatever arrived is stored even when the service fails for good: a rerun resumes
+                # from there instead of paying for those images again.
+                flush()
+                report.seconds = time.perf_counter() - started
         return report
 
     # ---- scoring -------------------------------------------------------------------------
@@ -289,7 +291,10 @@ class Evaluation:
 
     def _search_qdrant(self, collection, query_vectors, queries, position, depth, setup) -> TopK:
         exclude_ids = [r.image_id for r in queries] if setup is Setup.INTRA else None
-        hits = self.store.search_exact(collection, query_vectors, depth, split="gallery", exclude_ids=exclude_ids)
+        # tie_order: equal scores ranked by gallery position, the same tie rule as the matmul engine.
+        hits = self.store.search_exact(
+            collection, query_vectors, depth, split="gallery", exclude_ids=exclude_ids, tie_order=position
+        )
         indices = np.full((len(queries), depth), -1, dtype=np.int64)
         scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
         for row, ranked in enumerate(hits):

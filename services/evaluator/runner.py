@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 from rich.console import Console
 
@@ -171,21 +170,22 @@ def _plain_dir(path: Path) -> Dataset:
     return Dataset(name=path.name, setup=Setup.INTRA, gallery_type=GalleryType.OPEN, records=records, root=path)
 
 
-def dataset_image_resolver() -> Callable[[str, str], Path | None]:
-    """For the report: find a result's image files again from the dataset source it recorded."""
-    cache: dict[tuple[str, str], dict[str, Path] | None] = {}
+def dataset_image_resolver(results_dir: Path):
+    """For the report: find result images again by reloading each dataset from the source its
+    result files recorded (format + path); datasets that cannot be loaded give placeholders."""
+    from services.evaluator.datasets.registry import load_dataset
+    from services.evaluator.report import dataset_resolver
+    from services.evaluator.results import load_results
 
-    def resolve(source: dict, image_id: str) -> Path | None:
-        key = (source.get("format", ""), source.get("path", ""))
-        if key not in cache:
-            try:
-                from services.evaluator.datasets.registry import load_dataset
-
-                dataset = load_dataset(key[0], Path(key[1]))
-                cache[key] = {r.image_id: dataset.path_of(r) for r in dataset.records}
-            except Exception:  # noqa: BLE001 - the report shows a placeholder instead
-                cache[key] = None
-        paths = cache[key]
-        return paths.get(image_id) if paths else None
-
-    return resolve
+    datasets = []
+    seen: set[str] = set()
+    for run in load_results(results_dir):
+        source = run.data.get("dataset", {}).get("source") or {}
+        if run.dataset in seen or not source.get("format") or not source.get("path"):
+            continue
+        seen.add(run.dataset)
+        try:
+            datasets.append(load_dataset(source["format"], Path(source["path"]), name=run.dataset))
+        except Exception as exc:  # noqa: BLE001 - the report shows a placeholder instead
+            logging.getLogger(__name__).warning("report: cannot reload dataset %s: %s", run.dataset, exc)
+    return dataset_resolver(datasets)

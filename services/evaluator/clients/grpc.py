@@ -163,7 +163,9 @@ class GrpcEmbeddingClient:
                         pending[request_id] = batch
                     yield wire.request_to_pb(batch, request_id)
 
-            call = self._stub.EmbedStream(requests(), metadata=self._metadata, wait_for_ready=True)
+            # No wait_for_ready here: a dead server must surface as UNAVAILABLE so the backoff and
+            # retry budget apply (waiting for readiness would hang forever on a server that is gone).
+            call = self._stub.EmbedStream(requests(), metadata=self._metadata)
             watchdog = _Watchdog(self._stall_timeout_s, call.cancel)
             try:
                 for response in call:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -52,10 +52,17 @@ class VectorStore(Protocol):
         """Read stored vectors back in blocks, in the order of `image_ids` (missing ids skipped)."""
 
     def search_exact(
-        self, name: str, queries: np.ndarray, k: int, split: str = "gallery", exclude_ids: Sequence[str | None] | None = None
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        split: str | None = "gallery",
+        exclude_ids: Sequence[str | None] | None = None,
+        tie_order: Mapping[str, int] | None = None,
     ) -> list[list[Hit]]:
         """Qdrant's exact search (full scan, dot product) restricted to one split; `exclude_ids`
-        gives per query an image id to leave out (intra self-match)."""
+        gives per query an image id to leave out (intra self-match); `tie_order` maps image id to
+        gallery position so equal scores follow the protocol's tie rule (default: by image id)."""
 
     def count(self, name: str) -> int: ...
 

@@ -1,0 +1,53 @@
+"""Content-addressed embedding cache on disk: a rerun, or another dataset holding the same image,
+never pays the vendor twice.
+
+Key: (provider, model, dimension, sha256 of the exact bytes sent). One file per vector, raw
+little-endian float32, written atomically (temp file + rename), so several processes may share a
+directory. A file that does not hold exactly `dim` finite values is treated as a miss and replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+_DTYPE = np.dtype("<f4")
+_SAFE = re.compile(r"[^A-Za-z0-9._@-]+")
+
+
+class EmbeddingCache:
+    def __init__(self, root: Path, provider: str, model: str, dim: int) -> None:
+        self.dim = dim
+        self.directory = Path(root) / _SAFE.sub("_", provider) / _SAFE.sub("_", model) / str(dim)
+
+    def _path(self, sha256: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("cache keys are sha256 hex digests")
+        return self.directory / sha256[:2] / f"{sha256}.f32"
+
+    def get(self, sha256: str) -> np.ndarray | None:
+        try:
+            raw = self._path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(raw) != self.dim * _DTYPE.itemsize:
+            return None
+        vector = np.frombuffer(raw, dtype=_DTYPE).astype(np.float32)
+        return vector if np.isfinite(vector).all() else None
+
+    def put(self, sha256: str, vector: np.ndarray) -> None:
+        path = self._path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = np.ascontiguousarray(vector, dtype=_DTYPE).tobytes()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,152 @@
+"""python -m services.embedder --model NAME [--port 0] ...: load a model and serve it over gRPC.
+
+Prints `READY <host>:<port>` on stdout once the port is bound and the model is warm (tests and
+orchestration scripts wait for that line), then serves until SIGTERM/SIGINT and drains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from pydantic import ValidationError
+
+from services.common.grpc_server import RunningServer, serve_until_signal
+from services.embedder.settings import EmbedderSettings
+
+if TYPE_CHECKING:
+    from services.embedder.batching import BatchingEmbedder
+
+log = logging.getLogger("services.embedder")
+
+# flag -> settings field; only flags given on the command line override env/defaults.
+_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--model", "model", str, "registry name"),
+    ("--weights", "weights", str, "weights path or hub id"),
+    ("--device", "device", str, "cpu | cuda | cuda:N"),
+    ("--threads", "threads", int, "model library intra-op threads"),
+    ("--host", "host", str, "address to bind"),
+    ("--port", "port", int, "port (0 picks a free one)"),
+    ("--max-batch", "max_batch", int, "items per forward pass"),
+    ("--max-wait-ms", "max_wait_ms", float, "batching delay"),
+    ("--decode-workers", "decode_workers", int, "decode threads"),
+    ("--max-queue", "max_queue", int, "items in flight before RESOURCE_EXHAUSTED"),
+    ("--max-request-items", "max_request_items", int, "largest request"),
+    ("--max-pixels", "max_pixels", int, "per-image pixel limit"),
+    ("--max-message-mb", "max_message_mb", int, "gRPC message size limit"),
+    ("--grace-seconds", "grace_seconds", float, "drain time on SIGTERM"),
+    ("--metrics-port", "metrics_port", int, "Prometheus metrics port"),
+    ("--tls-cert", "tls_cert", Path, "PEM certificate chain"),
+    ("--tls-key", "tls_key", Path, "PEM private key"),
+    ("--tls-client-ca", "tls_client_ca", Path, "require client certs signed by this CA"),
+    ("--auth-token-file", "auth_token_file", Path, "file holding the bearer token"),
+    ("--backend", "backend", str, "local | triton (preprocess here, forward on Triton)"),
+    ("--triton-url", "triton_url", str, "Triton gRPC host:port (--backend triton)"),
+    ("--triton-model", "triton_model", str, "model name in the Triton repository"),
+    ("--triton-timeout", "triton_timeout_s", float, "per-request timeout to Triton, seconds"),
+)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.embedder", description=__doc__.split("\n")[0])
+    for flag, dest, kind, help_text in _FLAGS:
+        parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None)
+    parser.add_argument("--list", action="store_true", help="list the registered models and exit")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def build_settings(args: argparse.Namespace) -> EmbedderSettings:
+    given: dict[str, Any] = {
+        dest: getattr(args, dest) for _, dest, _, _ in _FLAGS if getattr(args, dest) is not None
+    }
+    if args.warmup is not None:
+        given["warmup"] = args.warmup
+    return EmbedderSettings(**given)
+
+
+def build_embedder(settings: EmbedderSettings) -> "BatchingEmbedder":
+    from services.embedder.backends.registry import load_backend
+    from services.embedder.batching import BatchingEmbedder
+
+    if settings.backend == "triton":
+        from services.embedder.backends.triton import load_triton_backend
+
+        backend = load_triton_backend(
+            settings.model,
+            str(settings.triton_url),
+            triton_model=settings.triton_model,
+            weights=settings.weights,
+            max_batch=settings.max_batch,
+            timeout_s=settings.triton_timeout_s,
+        )
+    else:
+        backend = load_backend(
+            settings.model,
+            weights=settings.weights,
+            device=settings.device,
+            threads=settings.threads,
+            max_batch=settings.max_batch,
+        )
+    return BatchingEmbedder(
+        backend,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        decode_workers=settings.decode_workers,
+        max_queue=settings.max_queue,
+        max_request_items=settings.max_request_items,
+        limits=settings.decode_limits(),
+        warmup=settings.warmup,
+    )
+
+
+async def serve(embedder: "BatchingEmbedder", settings: EmbedderSettings) -> None:
+    def ready(running: RunningServer) -> None:
+        info = embedder.info()
+        log.info(
+            "model %s dim=%d revision=%s preprocessing: %s",
+            info.name,
+            info.dim,
+            info.revision,
+            info.preprocessing,
+        )
+        print(f"READY {settings.host}:{running.port}", flush=True)
+
+    await serve_until_signal(embedder, settings, on_ready=ready)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.list:
+        from services.embedder.backends.registry import list_specs
+
+        for spec in list_specs():
+            print(json.dumps(spec.to_dict()))
+        return 0
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        embedder = build_embedder(settings)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError, ImportError) as exc:
+        log.error("cannot load model %r: %s", settings.model, exc)
+        return 1
+    asyncio.run(serve(embedder, settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

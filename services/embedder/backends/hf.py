@@ -1,0 +1,447 @@
+"""Hugging Face transformers image backends: DINOv2, DINOv3, SigLIP2 (FixRes) and any AutoModel.
+
+Every model is preprocessed by its own image processor, read from the weights directory
+(`preprocessor_config.json`), never by a shared pipeline. Weights come from a local directory or
+an offline Hugging Face cache; nothing is downloaded. `transformers` and `torch` are imported
+only when a backend is built, so importing this module is cheap (the other model backends reuse
+its weight resolution and errors).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from services.common.types import ModelInfo
+from services.embedder.backends.base import ModelBackend
+
+if TYPE_CHECKING:
+    from services.embedder.backends.registry import LoadOptions, ModelSpec
+
+log = logging.getLogger(__name__)
+
+WeightsPath = str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------------------- errors
+
+
+class BackendLoadError(Exception):
+    """A backend cannot be built; the message says what is missing and how to provide it."""
+
+
+class WeightsNotFoundError(BackendLoadError, FileNotFoundError):
+    """No usable weights in the given directory nor in the offline Hugging Face cache."""
+
+
+class MissingExtraError(BackendLoadError, ImportError):
+    """A library this backend needs is not installed; the message names the pip extra."""
+
+
+def require_module(module: str, *, extra: str, purpose: str) -> Any:
+    """Import `module` or raise MissingExtraError naming the vsbench extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{purpose} needs the Python package '{module}', which is not importable ({exc}). "
+            f"Install the extra: pip install 'vsbench[{extra}]'"
+        ) from exc
+
+
+# ------------------------------------------------------------------------------ weights on disk
+
+
+def hf_cache_dir() -> Path:
+    """The hub cache huggingface_hub would use, read from the environment at call time."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def _cached_snapshot(model_id: str, cache_dir: Path) -> Path | None:
+    """The snapshot directory of `model_id` in a hub cache, without touching the network."""
+    if not (cache_dir / ("models--" + model_id.replace("/", "--"))).is_dir():
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, cache_dir=str(cache_dir), local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+
+
+def resolve_weights(
+    model_id: str | None,
+    weights: WeightsPath | None,
+    *,
+    required: Sequence[str] = ("config.json",),
+    hint: str = "",
+) -> Path:
+    """Find the directory holding a model's files.
+
+    `weights` may be the model directory itself or a Hugging Face hub cache root; without it the
+    hub cache named by HF_HUB_CACHE / HF_HOME is searched for `model_id`. A directory counts when
+    it holds every file in `required` ("a|b" accepts either name).
+    """
+    searched: list[str] = []
+    if weights is None and model_id and Path(model_id).expanduser().is_dir():
+        weights, model_id = model_id, None  # the spec names a local directory, not a hub id
+
+    def missing(directory: Path) -> list[str]:
+        return [e for e in required if not any((directory / name).exists() for name in e.split("|"))]
+
+    def usable(directory: Path) -> bool:
+        return directory.is_dir() and not missing(directory)
+
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if usable(path):
+            return path
+        if model_id and path.is_dir():
+            snapshot = _cached_snapshot(model_id, path)
+            if snapshot is not None and usable(snapshot):
+                return snapshot
+        state = "does not exist" if not path.exists() else f"lacks {', '.join(missing(path))}"
+        searched.append(f"{path} ({state})")
+    elif model_id:
+        cache = hf_cache_dir()
+        snapshot = _cached_snapshot(model_id, cache)
+        if snapshot is not None and usable(snapshot):
+            return snapshot
+        state = (
+            "no snapshot" if snapshot is None else f"snapshot {snapshot} lacks {', '.join(missing(snapshot))}"
+        )
+        searched.append(f"Hugging Face cache {cache} ({state} of {model_id})")
+
+    what = model_id or "this model (it has no default Hugging Face id)"
+    fetch = (
+        f" On a machine with internet access run `hf download {model_id} --local-dir DIR` and copy DIR "
+        f"here, or copy a hub cache that holds {model_id} and point HF_HUB_CACHE (or HF_HOME) at it "
+        "with HF_HUB_OFFLINE=1."
+        if model_id
+        else ""
+    )
+    holding = ", ".join(entry.replace("|", " or ") for entry in required)
+    raise WeightsNotFoundError(
+        f"No weights found for {what}. Searched: {'; '.join(searched) or 'nothing (no path given)'}. "
+        f"Provide them with --weights PATH: a directory holding {holding} and the weight files, "
+        f"or a Hugging Face hub cache root.{fetch}{(' ' + hint) if hint else ''}"
+    )
+
+
+def weights_revision(path: Path) -> str:
+    """The hub commit when `path` is a cache snapshot, else a fingerprint of the directory listing
+    (file names and sizes plus the small JSON configs' bytes); weights are not hashed in full."""
+    if path.parent.name == "snapshots":
+        return path.name
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        size = file.stat().st_size
+        digest.update(f"{rel}\0{size}\n".encode())
+        if file.suffix == ".json" and size <= 1 << 20:
+            digest.update(file.read_bytes())
+    return "dir-sha256:" + digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ preprocessing
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars (e.g. SigLIP's unused text-tower weights)."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _size_text(size: Any) -> str:
+    values = {k: v for k, v in dict(_as_mapping(size)).items() if v is not None}
+    if set(values) == {"shortest_edge"}:
+        return f"shortest edge {values['shortest_edge']}"
+    if set(values) == {"height", "width"}:
+        return f"{values['height']}x{values['width']} (aspect not kept)"
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, int):
+        return {"shortest_edge": value}
+    names = ("height", "width", "shortest_edge", "longest_edge", "min_pixels", "max_pixels")
+    return {name: getattr(value, name, None) for name in names}
+
+
+def _resample_text(resample: Any) -> str:
+    from transformers.image_utils import PILImageResampling
+
+    try:
+        return PILImageResampling(int(resample)).name.lower()
+    except (TypeError, ValueError):
+        return str(getattr(resample, "value", resample)).lower()
+
+
+def _floats(values: Any) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+
+
+def describe_processor(processor: Any) -> str:
+    """A human-readable account of what an image processor does, read from its settings."""
+    if hasattr(processor, "describe"):
+        return processor.describe()
+    steps: list[str] = []
+    if getattr(processor, "do_resize", False):
+        steps.append(f"resize {_size_text(processor.size)} {_resample_text(processor.resample)}")
+    if getattr(processor, "do_center_crop", False):
+        steps.append(f"center crop {_size_text(processor.crop_size).removesuffix(' (aspect not kept)')}")
+    if getattr(processor, "do_rescale", False):
+        factor = float(processor.rescale_factor)
+        steps.append("rescale 1/255" if abs(factor - 1 / 255) < 1e-9 else f"rescale x{factor:.6g}")
+    if getattr(processor, "do_normalize", False):
+        steps.append(f"normalize mean={_floats(processor.image_mean)} std={_floats(processor.image_std)}")
+    return f"{type(processor).__name__}: " + "; ".join(steps)
+
+
+@dataclass(frozen=True)
+class RescaleResizeNormalize:
+    """DINOv3's processor (rescale, then antialiased resize to a fixed size, then normalize)
+    rebuilt on torch ops, because transformers ships it only on torchvision, which the embedder
+    does not install. Driven entirely by the checkpoint's preprocessor_config.json."""
+
+    height: int
+    width: int
+    mode: str
+    rescale_factor: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    _MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample codes that torch can antialias
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RescaleResizeNormalize:
+        size = config.get("size") or {"height": 224, "width": 224}
+        resample = int(config.get("resample", 2))
+        if resample not in cls._MODES:
+            raise BackendLoadError(f"resample={resample} has no antialiased torch equivalent")
+        return cls(
+            height=int(size["height"]),
+            width=int(size["width"]),
+            mode=cls._MODES[resample],
+            rescale_factor=float(config.get("rescale_factor", 1 / 255))
+            if config.get("do_rescale", True)
+            else 1.0,
+            mean=tuple(config.get("image_mean", (0.485, 0.456, 0.406))),
+            std=tuple(config.get("image_std", (0.229, 0.224, 0.225))),
+        )
+
+    def __call__(self, images: Sequence[Image.Image], return_tensors: str = "np") -> dict[str, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        out = []
+        for image in images:
+            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
+            chw = pixels.permute(2, 0, 1).unsqueeze(0) * self.rescale_factor
+            chw = F.interpolate(
+                chw, size=(self.height, self.width), mode=self.mode, align_corners=False, antialias=True
+            )
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+            out.append(((chw - mean) / std)[0].numpy())
+        return {"pixel_values": np.stack(out)}
+
+    def describe(self) -> str:
+        rescale = "1/255" if abs(self.rescale_factor - 1 / 255) < 1e-9 else f"x{self.rescale_factor:.6g}"
+        return (
+            f"DINOv3ViTImageProcessor (torch port): rescale {rescale}; resize {self.height}x{self.width} "
+            f"(aspect not kept) {self.mode} antialias; "
+            f"normalize mean={_floats(self.mean)} std={_floats(self.std)}"
+        )
+
+
+# image_processor_type -> torch-only stand-in, used only when transformers' class needs torchvision
+NATIVE_PROCESSORS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "DINOv3ViTImageProcessor": RescaleResizeNormalize.from_config,
+}
+
+
+def load_image_processor(path: Path) -> Any:
+    """The checkpoint's own image processor: transformers' PIL implementation when it has one
+    (same numbers with or without torchvision), else its default one, else a torch port."""
+    from transformers import AutoImageProcessor
+
+    config_file = path / "preprocessor_config.json"
+    if not config_file.is_file():
+        raise WeightsNotFoundError(
+            f"{path} has no preprocessor_config.json: the model's own preprocessing is unknown"
+        )
+    with quiet_transformers():
+        for kwargs in ({"backend": "pil"}, {}):
+            try:
+                return AutoImageProcessor.from_pretrained(str(path), local_files_only=True, **kwargs)
+            except (ImportError, ValueError, KeyError) as exc:
+                last_error: Exception = exc
+    config = json.loads(config_file.read_text())
+    kind = str(config.get("image_processor_type", "")).removesuffix("Fast")
+    if kind not in NATIVE_PROCESSORS:
+        raise BackendLoadError(
+            f"cannot load image processor {kind or '?'} from {path}: {last_error}"
+        ) from last_error
+    return NATIVE_PROCESSORS[kind](config)
+
+
+# ------------------------------------------------------------------------------------ backend
+
+# pooling name -> how the global embedding is read from the model's output
+POOLINGS: dict[str, Callable[[Any], Any]] = {
+    "pooler": lambda out: out.pooler_output,
+    "cls": lambda out: out.last_hidden_state[:, 0],
+    "mean": lambda out: out.last_hidden_state.mean(dim=1),
+}
+
+
+@dataclass(frozen=True)
+class HFImageSpec:
+    name: str
+    model_id: str | None  # Hugging Face id searched in the offline cache when no weights are given
+    model_class: str = "AutoModel"
+    pooling: str = "pooler"
+    max_batch: int = 64
+
+
+class TransformersImageBackend(ModelBackend):
+    """A transformers vision model, its own image processor and a named pooling."""
+
+    def __init__(self, spec: HFImageSpec, weights: WeightsPath | None = None, device: str = "cpu") -> None:
+        if spec.pooling not in POOLINGS:
+            raise ValueError(
+                f"unknown pooling {spec.pooling!r} for {spec.name}; known: {', '.join(POOLINGS)}"
+            )
+        require_module("transformers", extra="embedder", purpose=f"backend {spec.name}")
+        import torch
+        import transformers
+
+        self._spec = spec
+        self._path = resolve_weights(
+            spec.model_id, weights, required=("config.json", "preprocessor_config.json")
+        )
+        self._device = torch.device(device)
+        model_class = getattr(transformers, spec.model_class, None)
+        if model_class is None:
+            raise BackendLoadError(
+                f"transformers {transformers.__version__} has no class {spec.model_class!r} ({spec.name})"
+            )
+        with quiet_transformers():
+            model = model_class.from_pretrained(str(self._path), local_files_only=True, dtype=torch.float32)
+        self._model = model.to(self._device).eval()
+        self._processor = load_image_processor(self._path)
+        self._preprocessing = describe_processor(self._processor)
+        self._thread_state = threading.local()
+        self._revision = weights_revision(self._path)
+        probe = self.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))
+        self._dim = int(self._embed([probe]).shape[1])
+
+    def info(self) -> ModelInfo:
+        import transformers
+
+        return ModelInfo(
+            name=self._spec.name,
+            dim=self._dim,
+            preprocessing=self._preprocessing,
+            normalized=False,
+            revision=self._revision,
+            max_batch=self._spec.max_batch,
+            backend="transformers",
+            details={
+                "model_id": self._spec.model_id or "",
+                "model_class": type(self._model).__name__,
+                "pooling": self._spec.pooling,
+                "weights": str(self._path),
+                "device": str(self._device),
+                "compute_dtype": "float32",
+                "transformers": transformers.__version__,
+            },
+        )
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        # Each worker thread gets its own processor copy: transformers does not promise that
+        # processors are safe to call concurrently.
+        processor = getattr(self._thread_state, "processor", None)
+        if processor is None:
+            processor = self._thread_state.processor = copy.deepcopy(self._processor)
+        pixels = processor(images=[image.convert("RGB")], return_tensors="np")["pixel_values"]
+        return np.asarray(pixels[0], dtype=np.float32)
+
+    def forward(self, inputs: Sequence[Any]) -> np.ndarray:
+        if not inputs:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        vectors = self._embed(inputs)
+        if vectors.shape[1] != self._dim:
+            raise RuntimeError(f"{self._spec.name} returned width {vectors.shape[1]}, expected {self._dim}")
+        return vectors
+
+    def _embed(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        batch = torch.from_numpy(np.stack(inputs)).to(self._device, torch.float32)
+        with torch.inference_mode():
+            output = self._model(pixel_values=batch)
+            pooled = POOLINGS[self._spec.pooling](output)
+        return pooled.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self._model = None  # type: ignore[assignment]
+
+
+def apply_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads when the server asks for a number (None: library default)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def load(spec: ModelSpec, options: LoadOptions) -> ModelBackend:
+    """Registry factory for kind "hf"; options.extra may override the spec's model_class / pooling."""
+    settings = {**spec.options, **options.extra}
+    apply_threads(options.threads)
+    hf_spec = HFImageSpec(
+        name=spec.name,
+        model_id=spec.weights,
+        model_class=str(settings.get("model_class", "AutoModel")),
+        pooling=str(settings.get("pooling", "pooler")),
+        max_batch=options.max_batch,
+    )
+    return TransformersImageBackend(hf_spec, weights=options.weights, device=options.device)

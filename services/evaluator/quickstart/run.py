@@ -1,0 +1,127 @@
+"""`vsbench quickstart`: real models, real photos, the real services, in a few minutes.
+
+Builds (or reuses) the quickstart dataset, starts one embedder server per model on loopback,
+evaluates both dataset variants through gRPC into an embedded Qdrant (Qdrant Edge), prints the
+Table-3 style table, writes result files and the report site, and stops every server it started,
+also on Ctrl-C and on error. A second run reuses the stored vectors.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.markdown import Markdown
+
+from services.evaluator.clients.grpc import GrpcEmbeddingClient
+from services.evaluator.datasets.registry import load_dataset
+from services.evaluator.pipeline import Evaluation, EvaluationOptions
+from services.evaluator.quickstart.build import build_quickstart_dataset
+from services.evaluator.results import RunResult, load_results
+from services.evaluator.servers import ServerProcess, embedder_process
+from services.evaluator.stores.registry import open_store
+
+DEFAULT_MODELS = ("efficientnet-lite0", "open-nsfw", "histogram")
+
+
+def _start_servers(models: Sequence[str], logs: Path, stack: ExitStack, console: Console) -> dict[str, ServerProcess]:
+    """Start every embedder at once (each loads its model while the others do)."""
+    servers = {m: embedder_process(m, "--max-batch", "32", log_path=logs / f"embedder-{m}.log") for m in models}
+    for server in servers.values():
+        stack.callback(server.stop)
+    with console.status(f"starting {len(servers)} embedder servers on loopback..."):
+        with ThreadPoolExecutor(len(servers)) as pool:
+            for future in [pool.submit(s.start) for s in servers.values()]:
+                future.result()
+    for name, server in servers.items():
+        console.print(f"  embedder [bold]{name}[/] on {server.address}", highlight=False)
+    return servers
+
+
+def run_quickstart(
+    out: Path,
+    *,
+    small: bool = False,
+    model_names: Sequence[str] = DEFAULT_MODELS,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> list[RunResult]:
+    console = console or Console(stderr=True)
+    out = Path(out)
+    started = time.perf_counter()
+    # SIGTERM (e.g. from a container runtime) unwinds like Ctrl-C, so servers are stopped.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _run(out, small, model_names, console, show_progress, started)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(out: Path, small: bool, model_names, console: Console, show_progress: bool, started: float):
+    console.rule("[bold]vsbench quickstart")
+    with console.status("building the quickstart dataset from the shipped photos..."):
+        manifests = build_quickstart_dataset(out / "dataset", size="small" if small else "full")
+    datasets = [load_dataset("manifest", path) for path in manifests.values()]
+    for dataset in datasets:
+        counts = dataset.counts()
+        console.print(
+            f"  dataset [bold]{dataset.name}[/]: {dataset.setup.value}/{dataset.gallery_type.value}, "
+            f"{counts['query_images']} queries, {counts['gallery_images']} gallery images "
+            f"({counts['distractors']} distractors)", highlight=False,
+        )
+    results_dir = out / "results"
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    runs: list[RunResult] = []
+    with ExitStack() as stack:
+        servers = _start_servers(model_names, out / "logs", stack, console)
+        store = open_store("qdrant-edge", path=out / "qdrant")
+        stack.callback(store.close)
+        evaluation = Evaluation(store, results_dir, EvaluationOptions(show_progress=show_progress))
+        for dataset in datasets:
+            for name, server in servers.items():
+                with GrpcEmbeddingClient(server.address) as client:
+                    run = evaluation.run(dataset, client, name)
+                runs.append(run)
+                timings = run.data["timings"]
+                reused = timings.get("images_already_stored", 0)
+                console.print(
+                    f"  {dataset.name} / {name}: R@1 {run.metrics['recall@1']:.1f}  "
+                    f"({timings.get('images_embedded', 0)} embedded in {timings.get('embed_s', 0):.1f}s, "
+                    f"{reused} reused from the store)", highlight=False,
+                )
+    _print_summary(results_dir, out, datasets, console, time.perf_counter() - started)
+    return runs
+
+
+def _print_summary(results_dir: Path, out: Path, datasets, console: Console, elapsed: float) -> None:
+    from services.evaluator.tables import render_table
+
+    console.rule("[bold]Results (R@1 / R@5 / mAP@20, %)")
+    console.print(Markdown(render_table(load_results(results_dir), "markdown")))
+    site = None
+    try:
+        from services.evaluator.report import build_site, dataset_resolver
+
+        site = build_site(results_dir, out / "report", image_resolver=dataset_resolver(datasets))
+    except ImportError:  # the report site is optional for the quickstart
+        pass
+    console.rule("[bold]Next")
+    lines = [
+        f"results:  {results_dir}/<dataset>/<model>/<run>.json (+ per-query .queries.jsonl)",
+        f"report:   {site}" if site else "",
+        f"finished in {elapsed:.0f}s; run it again to see stored vectors reused",
+        "",
+        "score your own embeddings:  vsbench score --gallery gallery.npz [--queries queries.npz] --out results.json",
+        "bring your own dataset:     write a manifest (docs/datasets.md), list it in a run config, vsbench run config.yaml",
+        "serve a model:              python -m services.embedder --model efficientnet-lite0 --port 50051",
+        "everything in containers:   docker compose up   (docs/deployment.md)",
+    ]
+    for line in lines:
+        if line is not None:
+            console.print(line, highlight=False)
