@@ -105,6 +105,9 @@ class ServerProcess:
         ]
         if args.threads:
             command += ["--threads", str(args.threads)]
+        if args.weights:
+            command += ["--weights", str(args.weights)]
+        command += ["--device", args.device]
         self.metrics_port = free_port()
         command += ["--metrics-port", str(self.metrics_port)]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -172,6 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--images", type=int, default=192)
+    parser.add_argument("--weights", default=None, help="model weights folder (e.g. for HF models)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     parser.add_argument("--images-dir")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
@@ -198,7 +203,8 @@ def main() -> None:
         f"{os.cpu_count()} cores, decode workers {args.decode_workers}, threads {args.threads or 'default'}"
     )
 
-    backend = load_backend(args.model, threads=args.threads, max_batch=args.batch)
+    backend = load_backend(args.model, weights=args.weights, device=args.device, threads=args.threads,
+                           max_batch=args.batch)
     backend.warmup()
     sample = images[: min(len(images), 32)]
     decode_only = decode_rate(sample)

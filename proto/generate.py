@@ -26,11 +26,16 @@ def generate(out: Path) -> None:
     from grpc_tools import protoc  # imported here: only the dev extra has it
 
     include = Path(protoc.__file__).parent / "_proto"
+    # mypy-protobuf's plugins sit beside this interpreter; name them explicitly so generation
+    # works from a venv that is not activated (as `make` and CI run it).
+    bin_dir = Path(sys.executable).parent
+    plugins = [f"--plugin=protoc-gen-{name}={bin_dir / f'protoc-gen-{name}'}" for name in ("mypy", "mypy_grpc")]
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
             f"-I{PROTO_ROOT}",
             f"-I{include}",
+            *plugins,
             f"--python_out={tmp}",
             f"--mypy_out={tmp}",
             f"--grpc_python_out={tmp}",

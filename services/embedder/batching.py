@@ -330,6 +330,11 @@ class BatchingEmbedder:
             for pending, prepared in zip(group, done.result()):
                 if isinstance(prepared, ItemError):
                     _set(pending.result, Embedding(id=pending.item_id, error=prepared))
+                elif self._closed:  # decoded after close() drained the queue: nobody would run it
+                    _set(
+                        pending.result,
+                        Embedding.failed(pending.item_id, ErrorCode.INTERNAL, "server shutting down"),
+                    )
                 else:
                     pending.prepared = prepared
                     self._ready.put_nowait(pending)
@@ -355,8 +360,11 @@ class BatchingEmbedder:
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._ready.get(), remaining))
-                except asyncio.TimeoutError:
+                    # asyncio.timeout cancels the get() itself, which leaves an item it had not yet
+                    # taken in the queue (wait_for on 3.11 wraps it in a task and can race).
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._ready.get())
+                except TimeoutError:
                     break
             self._update_depth()
             await self._run_batch(batch)

@@ -64,7 +64,6 @@ def score(
 ) -> None:
     """Score precomputed embeddings (exact search, Recall@K and mAP@K, in percent)."""
     from services.evaluator.precomputed import InputError, load_npz, score_sets
-    from services.evaluator.results import QUERY_SCHEMA
 
     recall_k, map_ks = _parse_ks(k, "--k"), _parse_ks(map_k, "--map-k")
     try:
@@ -77,22 +76,51 @@ def score(
     except InputError as exc:
         _fail(str(exc))
         return
+    inputs = {"gallery": str(gallery), "queries": str(queries) if queries else None}
+    _write_score(out, {"schema": "vsbench.score/v1", "inputs": inputs, **summary}, outcomes)
+
+
+@app.command("score-ilias")
+def score_ilias(
+    features: Path = typer.Argument(..., exists=True, file_okay=False, help="folder of ILIAS's official HDF5 features"),
+    out: Path = typer.Option(..., "--out", help="results JSON to write (a .queries.jsonl is written beside it)"),
+    k: str = typer.Option("1,5", "--k", help="Recall@K cut-offs"),
+    map_k: str = typer.Option("20,1000", "--map-k", help="mAP@K cut-offs (ILIAS's own metric is mAP@1000)"),
+    max_distractors: Optional[int] = typer.Option(None, help="use only the first N distractors"),
+    mini_ids: Optional[Path] = typer.Option(None, help="id list selecting distractors (e.g. mini-ILIAS 5M)"),
+    engine: str = typer.Option("auto", help="search engine: auto, torch, numpy"),
+) -> None:
+    """Score published ILIAS features (features_image_queries / positives / distractors_*.hdf5)."""
+    from services.evaluator.datasets.base import DatasetError
+    from services.evaluator.precomputed import score_ilias_features
+
+    try:
+        summary, outcomes = score_ilias_features(
+            features, recall_k=_parse_ks(k, "--k"), map_k=_parse_ks(map_k, "--map-k"),
+            max_distractors=max_distractors, selected_ids=mini_ids, engine=engine,
+        )
+    except DatasetError as exc:
+        _fail(str(exc).splitlines()[0])
+        return
+    _write_score(out, {"schema": "vsbench.score/v1", "inputs": {"features": str(features)}, **summary}, outcomes)
+
+
+def _write_score(out: Path, summary: dict, outcomes) -> None:
+    from services.evaluator.results import QUERY_SCHEMA
+
     out.parent.mkdir(parents=True, exist_ok=True)
     per_query = out.with_suffix(".queries.jsonl")
-    summary = {
-        "schema": "vsbench.score/v1",
-        "inputs": {"gallery": str(gallery), "queries": str(queries) if queries else None},
-        **summary,
-        "per_query_file": per_query.name,
-    }
+    summary["per_query_file"] = per_query.name
     with open(per_query, "w", encoding="utf-8") as handle:
         handle.write(json.dumps({"schema": QUERY_SCHEMA}) + "\n")
         for outcome in outcomes():
             handle.write(json.dumps(outcome.to_json()) + "\n")
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    metrics = ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} n/a" for name, value in summary["metrics"].items())
+    metrics = ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} n/a"
+                        for name, value in summary["metrics"].items())
     q = summary["queries"]
-    console.print(f"{metrics}  ({q['scored']} queries scored, {q['unanswerable']} unanswerable) -> {out}", highlight=False)
+    console.print(f"{metrics}  ({q['scored']} queries scored, {q['unanswerable']} unanswerable) -> {out}",
+                  highlight=False)
 
 
 # ---- tables and report ------------------------------------------------------------------------

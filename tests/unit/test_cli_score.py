@@ -73,3 +73,30 @@ def test_missing_npz_key_is_named(tmp_path):
     np.savez(tmp_path / "g.npz", embeddings=np.eye(2, dtype=np.float32), ids=np.array(["a", "b"]))
     done = vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--out", str(tmp_path / "r.json"))
     assert done.returncode != 0 and "lacks key(s) labels" in done.stderr
+
+
+def test_score_ilias_official_features_streams_distractors(tmp_path):
+    import h5py
+
+    def write(path, ids, vectors):
+        with h5py.File(path, "w") as handle:
+            handle.create_dataset("index", data=ids, dtype=h5py.string_dtype(encoding="ascii"))
+            handle.create_dataset("features", data=np.asarray(vectors, dtype=np.float16))
+
+    # object A: query at 0 deg, positives at 10 and 80 deg; object B: query 180, positive 170;
+    # distractors at 5 deg (beats A's positives) and 270 deg.
+    def at(*deg):
+        r = np.deg2rad(deg)
+        return np.stack([np.cos(r), np.sin(r)], axis=1)
+
+    write(tmp_path / "features_image_queries.hdf5", ["a_000/query/Q000_00.jpg", "b_001/query/Q001_00.jpg"], at(0, 180))
+    write(tmp_path / "features_positives.hdf5", ["a_000/pos/P000_00.jpg", "a_000/pos/P000_01.jpg",
+                                                  "b_001/pos/P001_00.jpg"], at(10, 80, 170))
+    write(tmp_path / "features_distractors_00000.hdf5", ["yfcc100m_000000.tar/1", "yfcc100m_000000.tar/2"], at(5, 270))
+    done = vsbench("score-ilias", str(tmp_path), "--k", "1", "--map-k", "2", "--out", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    # query A ranks: distractor(5), P0(10), P1(80): R@1 0, AP@2 = (1/2)/2; query B: P(170) first: R@1 1, AP@2 1
+    assert result["metrics"]["recall@1"] == 50.0
+    assert result["metrics"]["map@2"] == pytest.approx(100 * (0.25 + 1.0) / 2)
+    assert result["gallery"] == {"total": 5, "indexed": 5, "distractors": 2}

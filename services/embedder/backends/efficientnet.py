@@ -90,7 +90,7 @@ class EfficientNetLiteBackend(ModelBackend):
         self._device = resolve_device(device)
         self._model = model.to(self._device, memory_format=torch.channels_last)
         # On CPU a 64-image batch of 112x112x96 activations spills out of cache; chunks of ~8 run
-        # about twice as fast per image (bench/embedder.py, docs/performance-embedder.md).
+        # about twice as fast per image (bench/embedder.py, docs/performance.md).
         self._micro_batch = cpu_micro_batch if self._device.type == "cpu" and cpu_micro_batch else None
         self._info = ModelInfo(
             name=spec.name,

@@ -1,0 +1,97 @@
+"""The CLI as users drive it: `vsbench run` (gRPC and in-process models), `embed` + `score`,
+`table` and `report`, on a small real-image dataset."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from services.evaluator.results import load_results, read_query_outcomes
+from services.evaluator.servers import embedder_process
+
+
+def vsbench(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "services.evaluator.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("parts")
+    rng = np.random.default_rng(11)
+    for p in range(8):
+        base = rng.integers(0, 256, 3)
+        for split, count in (("gallery", 2), ("query", 1)):
+            (root / split / f"part{p}").mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(base + rng.normal(0, 10, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / f"part{p}" / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_run_config_with_grpc_and_inprocess_models_then_table_and_report(tmp_path, folder):
+    with embedder_process("histogram") as server:
+        config = {
+            "results_dir": "results",
+            "store": {"kind": "qdrant-edge", "path": "store"},
+            "k": [1, 3],
+            "map_k": [5],
+            "datasets": [{"name": "parts", "format": "folder", "path": str(folder), "group": "private"}],
+            "models": [
+                {"name": "histogram", "server": server.address},
+                {"name": "efficientnet-lite0", "inprocess": True},
+            ],
+        }
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+        done = vsbench("run", str(tmp_path / "run.yaml"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    runs = {r.model: r for r in load_results(tmp_path / "results")}
+    assert set(runs) == {"histogram", "efficientnet-lite0"}
+    for run in runs.values():
+        assert set(run.metrics) == {"recall@1", "recall@3", "map@5"}
+        assert run.data["dataset"]["source"]["group"] == "private"
+        outcomes = list(read_query_outcomes(run.per_query_path()))
+        assert len(outcomes) == 8
+        assert 100 * np.mean([0 < o.first_relevant_rank <= 3 for o in outcomes]) == pytest.approx(
+            run.metrics["recall@3"])
+    assert runs["efficientnet-lite0"].data["model"]["backend"] != runs["histogram"].data["model"]["backend"]
+
+    table = vsbench("table", str(tmp_path / "results"), "--format", "csv")
+    assert table.returncode == 0, table.stderr
+    assert "histogram" in table.stdout and "efficientnet-lite0" in table.stdout
+
+    site = vsbench("report", str(tmp_path / "results"), "--out", str(tmp_path / "site"))
+    assert site.returncode == 0, site.stderr
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "efficientnet-lite0" in index
+    thumbs = list((tmp_path / "site").rglob("*.jpg"))
+    assert thumbs and all(t.stat().st_size < 20_000 for t in thumbs)  # small generated files
+
+
+def test_embed_then_score_compose(tmp_path, folder):
+    with embedder_process("histogram") as server:
+        done = vsbench("embed", "--server", server.address, "--images", str(folder), "--out",
+                       str(tmp_path / "all.npz"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    data = np.load(tmp_path / "all.npz")
+    assert data["embeddings"].shape[0] == 24 and data["embeddings"].dtype == np.float32
+    assert sorted(set(data["labels"].tolist())) == [f"part{p}" for p in range(8)]
+    scored = vsbench("score", "--gallery", str(tmp_path / "all.npz"), "--out", str(tmp_path / "r.json"))
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["queries"]["total"] == 24 and result["metrics"]["recall@1"] > 50
+
+
+def test_bad_config_is_one_clear_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({
+        "datasets": [{"name": "x", "format": "folder", "path": "."}],
+        "models": [{"name": "m", "server": "localhost:1", "inprocess": True}],
+    }))
+    done = vsbench("run", str(tmp_path / "bad.yaml"))
+    assert done.returncode == 2
+    assert "give exactly one of `server: host:port` or `inprocess: true`" in done.stderr
