@@ -271,8 +271,13 @@ def list_models() -> None:
     """Models in the embedder registry (open models; commercial ones are served by the api_proxy)."""
     from services.embedder.backends.registry import list_specs
 
+    from rich.table import Table
+
+    table = Table("model", "backend", "dim", "pooling", "weights (default)", "preprocessing", show_lines=False)
     for spec in list_specs():
-        console.print(f"[bold]{spec.name}[/]  dim {spec.dim}  {getattr(spec, 'description', '')}", highlight=False)
+        table.add_row(spec.name, spec.kind, str(spec.dim or "from weights"), spec.pooling, spec.weights or "--weights",
+                      spec.describe_preprocessing())
+    Console().print(table)
 
 
 if __name__ == "__main__":

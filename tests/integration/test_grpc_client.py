@@ -16,6 +16,7 @@ from services.common.settings import ServerSettings
 from services.common.types import Embedding, ErrorCode, ImageItem, ModelInfo
 from services.evaluator.clients.base import EmbeddingServiceError
 from services.evaluator.clients.grpc import GrpcEmbeddingClient
+from tests.tls import self_signed
 
 DIM = 8
 
@@ -141,3 +142,14 @@ def test_bearer_token_required_when_configured():
             GrpcEmbeddingClient(server.address, auth_token="wrong", max_retries=0).info()
         with GrpcEmbeddingClient(server.address, auth_token="s3cret") as client:
             assert len(list(client.embed(items(5)))) == 5
+
+
+def test_tls_channel_with_the_servers_ca(tmp_path):
+    cert, key = self_signed(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
+    model = CountingModel()
+    with BackgroundServer(model, ServerSettings(port=0, tls_cert=cert, tls_key=key)) as server:
+        address = f"localhost:{server.port}"
+        with GrpcEmbeddingClient(address, tls_ca=cert.read_bytes()) as client:
+            assert len(list(client.embed(items(10)))) == 10
+        with pytest.raises(EmbeddingServiceError, match="DEADLINE_EXCEEDED|UNAVAILABLE"):  # plaintext to TLS
+            GrpcEmbeddingClient(address, max_retries=0, wait_ready_s=2).info()

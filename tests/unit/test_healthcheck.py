@@ -21,6 +21,7 @@ from services.common.grpc_server import BackgroundServer
 from services.common.healthcheck import main
 from services.common.settings import ServerSettings
 from services.common.types import Embedding, ImageItem, ModelInfo
+from tests.tls import self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,33 +116,21 @@ def test_module_entry_point_as_docker_runs_it(server):
 
 
 # ---- TLS --------------------------------------------------------------------------------------
-def _self_signed(tmp: Path, name: str, san: str) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    assert openssl, "these tests make a certificate with the openssl CLI (Debian package openssl)"
-    cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
-         "-out", str(cert), "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}"],
-        check=True, capture_output=True,
-    )
-    return cert, key
-
-
 def test_tls_server(tmp_path):
-    cert, key = _self_signed(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
+    cert, key = self_signed(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
     settings = ServerSettings(port=0, tls_cert=cert, tls_key=key)
     with BackgroundServer(ConstantEmbedder(), settings) as tls_server:
         address = f"localhost:{tls_server.port}"
         assert main([address, "--tls-ca", str(cert)]) == 0
         # plaintext against a TLS port fails, and so does a CA that did not sign the server
         assert main([address, "--timeout", "2"]) == 1
-        other, _ = _self_signed(tmp_path, "other", "DNS:other.test")
+        other, _ = self_signed(tmp_path, "other", "DNS:other.test")
         assert main([address, "--tls-ca", str(other), "--timeout", "2"]) == 1
         assert main([address, "--tls-ca", str(tmp_path / "missing.crt")]) == 1
 
 
 def test_tls_server_name_override(tmp_path, monkeypatch):
-    cert, key = _self_signed(tmp_path, "embedder", "DNS:embedder.vsbench.test")
+    cert, key = self_signed(tmp_path, "embedder", "DNS:embedder.vsbench.test")
     settings = ServerSettings(port=0, tls_cert=cert, tls_key=key)
     with BackgroundServer(ConstantEmbedder(), settings) as tls_server:
         # inside a container the check dials 127.0.0.1, which the certificate does not name
@@ -154,8 +143,8 @@ def test_tls_server_name_override(tmp_path, monkeypatch):
 
 
 def test_mutual_tls_needs_the_client_certificate(tmp_path):
-    cert, key = _self_signed(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
-    client_cert, client_key = _self_signed(tmp_path, "client", "DNS:client.vsbench.test")
+    cert, key = self_signed(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
+    client_cert, client_key = self_signed(tmp_path, "client", "DNS:client.vsbench.test")
     settings = ServerSettings(port=0, tls_cert=cert, tls_key=key, tls_client_ca=client_cert)
     with BackgroundServer(ConstantEmbedder(), settings) as tls_server:
         address = f"localhost:{tls_server.port}"
