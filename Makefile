@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# setuptools prints a boxed notice about editable installs on every build; it is advice for
+# packagers, not for someone running the quickstart.
+PIP_INSTALL := PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet
 RUNTIME_EXTRAS := evaluator,embedder,proxy
 TEST_EXTRAS := $(RUNTIME_EXTRAS),triton,dev
 
@@ -14,11 +17,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[$(RUNTIME_EXTRAS)]"
+	$(PIP_INSTALL) -e ".[$(RUNTIME_EXTRAS)]"
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[$(TEST_EXTRAS)]"
+	$(PIP_INSTALL) -e ".[$(TEST_EXTRAS)]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

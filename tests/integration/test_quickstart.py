@@ -2,11 +2,13 @@
 real embedder processes, Qdrant Edge, result files, the report site; then a second run that reuses
 the stored vectors."""
 
-import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from services.evaluator.results import load_results, read_query_outcomes
@@ -48,3 +50,26 @@ def test_quickstart_small(tmp_path):
     assert {(r.dataset, r.model): r.metrics for r in newest} == {(r.dataset, r.model): r.metrics for r in runs}
     # every run left its own files; none overwritten
     assert len(list((out / "results").rglob("*.json"))) == 2 * len(runs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_quickstart_stops_its_servers_when_interrupted(tmp_path, sig):
+    command = [sys.executable, "-m", "services.evaluator.cli", "quickstart", "--small", "--quiet",
+               "--out", str(tmp_path / "qs"), "--models", "histogram,efficientnet-lite0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(process.pid)
+    servers: list[psutil.Process] = []
+    deadline = time.monotonic() + 300
+    for line in process.stderr:  # wait until both embedders are up
+        if line.strip().startswith("embedder "):
+            servers = [p for p in parent.children(recursive=True) if "services.embedder" in " ".join(p.cmdline())]
+            if len(servers) == 2:
+                break
+        assert time.monotonic() < deadline, "servers did not start"
+    assert len(servers) == 2
+    process.send_signal(sig)
+    process.wait(timeout=120)
+    assert process.returncode != 0
+    gone, alive = psutil.wait_procs(servers, timeout=30)
+    assert not alive, f"embedder processes left running: {[p.pid for p in alive]}"

@@ -83,3 +83,14 @@ def test_normalize_flag_and_dim_check():
     assert np.allclose(result.scores[:, 0], 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="query dim 8 != gallery dim 4"):
         exact_topk(q, g[:, :4], 1, engine="numpy")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("ascending", [True, False])
+def test_gallery_sorted_by_score_worst_case_for_sampled_bounds(engine, ascending, tied_data):
+    queries, gallery = tied_data
+    q = queries[:1]
+    order = np.argsort(gallery @ q[0], kind="stable")
+    g = gallery[order if ascending else order[::-1]]
+    result = exact_topk(q, g, 25, engine=engine)
+    assert (result.indices == brute_force(q, g, 25)).all()

@@ -8,6 +8,7 @@ also on Ctrl-C and on error. A second run reuses the stored vectors.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import time
@@ -114,9 +115,10 @@ def _print_summary(results_dir: Path, out: Path, datasets, console: Console, ela
     console.rule("[bold]Next")
     lines = [
         f"results:  {results_dir}/<dataset>/<model>/<run>.json (+ per-query .queries.jsonl)",
-        f"report:   {site}" if site else "",
+        f"report:   {site}" if site else None,
         f"finished in {elapsed:.0f}s; run it again to see stored vectors reused",
         "",
+        _activate_hint(),
         "score your own embeddings:  vsbench score --gallery gallery.npz [--queries queries.npz] --out results.json",
         "bring your own dataset:     write a manifest (docs/datasets.md), list it in a run config, vsbench run config.yaml",
         "serve a model:              python -m services.embedder --model efficientnet-lite0 --port 50051",
@@ -125,3 +127,10 @@ def _print_summary(results_dir: Path, out: Path, datasets, console: Console, ela
     for line in lines:
         if line is not None:
             console.print(line, highlight=False)
+
+
+def _activate_hint() -> str | None:
+    """`make quickstart` runs from .venv without activating it: say how to get `vsbench` on PATH."""
+    if shutil.which("vsbench"):
+        return None
+    return f"(first put the commands on your PATH: source {Path(sys.executable).parent / 'activate'})"
