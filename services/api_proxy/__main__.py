@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from services.api_proxy.credentials import CredentialsError, RedactingFilter
 from services.api_proxy.providers.registry import PROVIDERS
 from services.api_proxy.settings import ProxySettings
@@ -46,6 +48,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--metrics-port": ("metrics_port", int, "serve Prometheus metrics on this port"),
     "--tls-cert": ("tls_cert", Path, "server certificate (PEM)"),
     "--tls-key": ("tls_key", Path, "server key (PEM)"),
+    "--tls-client-ca": ("tls_client_ca", Path, "require client certs signed by this CA"),
+    "--max-message-mb": ("max_message_mb", int, "gRPC message size limit"),
+    "--max-request-items": ("max_request_items", int, "items one gRPC Embed request may carry"),
+    "--max-pending-images": ("max_pending_images", int, "waiting images before RESOURCE_EXHAUSTED"),
+    "--max-input-pixels": ("max_input_pixels", int, "refuse larger images (decompression bombs)"),
     "--grace-seconds": ("grace_seconds", float, "drain time on SIGTERM"),
 }
 
@@ -72,7 +79,11 @@ async def _serve(settings: ProxySettings, model) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings, log_level = parse_settings(argv)
+    try:
+        settings, log_level = parse_settings(argv)
+    except ValidationError as exc:
+        print(f"api_proxy: invalid settings: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -90,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         "%s: dim %d, vendor batch %d, limits %s, credentials %s", model.name, model.info().dim,
         model.vendor_batch, model.limits.as_dict(), model.info().details["credentials"],
     )
-    asyncio.run(_serve(settings, model))
+    try:
+        asyncio.run(_serve(settings, model))
+    except (OSError, ValueError) as exc:  # port taken, unreadable TLS/token file: no traceback
+        print(f"api_proxy: {model.redactor(str(exc))}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -101,6 +101,8 @@ def _open(data: bytes, max_input_pixels: int):
         raise ImageRejected(ErrorCode.INVALID_IMAGE, "empty image")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own guard fires before ours above ~179 MP
+        raise ImageRejected(ErrorCode.IMAGE_TOO_LARGE, str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for garbage
         raise ImageRejected(ErrorCode.INVALID_IMAGE, f"not a readable image: {type(exc).__name__}") from None
     width, height = image.size

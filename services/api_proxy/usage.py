@@ -34,9 +34,14 @@ def load_price_table(path: Path) -> dict[str, Price]:
     if Path(path).suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        raw = yaml.safe_load(text) or {}
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"price table {path}: not valid YAML: {exc}") from None
     else:
         raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError(f"price table {path}: expected a mapping of 'provider/model' to prices")
     table = {}
     for key, entry in raw.items():
         try:

@@ -93,14 +93,36 @@ class RunningServer:
 
 
 async def start(model: AsyncEmbedder, settings: ServerSettings) -> RunningServer:
-    """Start serving `model` in the running event loop and return once the port is bound."""
-    startup = getattr(model, "start", None)
-    if startup is not None:
-        await startup()
+    """Start serving `model` in the running event loop and return once the port is bound.
+
+    Raises OSError (port taken, unreadable TLS or token file) or ValueError (bad settings); the
+    model is closed again when it was started, so a failed start leaks no threads.
+    """
+    # Everything that reads files or can refuse the settings runs before the model starts.
     interceptors = []
     token = settings.resolved_auth_token()
     if token:
         interceptors.append(_BearerAuth(token))
+    credentials = _server_credentials(settings)
+    startup = getattr(model, "start", None)
+    if startup is not None:
+        await startup()
+    try:
+        return await _start_server(model, settings, interceptors, credentials, bool(token))
+    except BaseException:
+        close = getattr(model, "close", None)
+        if close is not None:
+            await close()
+        raise
+
+
+async def _start_server(
+    model: AsyncEmbedder,
+    settings: ServerSettings,
+    interceptors: list,
+    credentials: grpc.ServerCredentials | None,
+    auth: bool,
+) -> RunningServer:
     options = channel_options(settings.max_message_mb)
     if settings.max_connection_age_s:
         # In-flight streams get a grace period; the evaluator's client resends what was unanswered.
@@ -117,8 +139,10 @@ async def start(model: AsyncEmbedder, settings: ServerSettings) -> RunningServer
         server,
     )
     address = f"{settings.host}:{settings.port}"
-    credentials = _server_credentials(settings)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc reports "address in use" as RuntimeError
+        raise OSError(f"could not bind {address}: {exc}") from None
     if port == 0:
         raise OSError(f"could not bind {address}")
     if settings.metrics_port is not None:
@@ -129,7 +153,7 @@ async def start(model: AsyncEmbedder, settings: ServerSettings) -> RunningServer
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d (tls=%s, auth=%s)", model.info().name, settings.host, port,
-             credentials is not None, bool(token))
+             credentials is not None, auth)
     return RunningServer(server=server, port=port, health=health_servicer, model=model)
 
 
@@ -179,7 +203,13 @@ class BackgroundServer:
 
     def start(self) -> "BackgroundServer":
         self._thread.start()
-        self._running = asyncio.run_coroutine_threadsafe(start(self._model, self._settings), self._loop).result()
+        try:
+            self._running = asyncio.run_coroutine_threadsafe(
+                start(self._model, self._settings), self._loop
+            ).result()
+        except BaseException:
+            self.stop()  # a failed start must not leave the loop thread running
+            raise
         return self
 
     def stop(self, grace: float | None = 1.0) -> None:
@@ -189,6 +219,8 @@ class BackgroundServer:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()  # its selector and self-pipe are file descriptors
 
     def __enter__(self) -> "BackgroundServer":
         return self.start()

@@ -36,5 +36,8 @@ class ServerSettings(BaseSettings):
         if self.auth_token is not None:
             return self.auth_token.get_secret_value()
         if self.auth_token_file is not None:
-            return self.auth_token_file.read_text().strip()
+            token = self.auth_token_file.read_text().strip()
+            if not token:  # an unmounted secret must not silently turn auth off
+                raise ValueError(f"auth_token_file {self.auth_token_file} is empty")
+            return token
         return None

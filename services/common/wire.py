@@ -64,6 +64,10 @@ def embedding_to_pb(embedding: Embedding) -> pb.EmbeddingResult:
 
 def embedding_from_pb(msg: pb.EmbeddingResult) -> Embedding:
     if msg.WhichOneof("outcome") == "vector":
+        if len(msg.vector) % _WIRE_DTYPE.itemsize:  # np.frombuffer would raise for the whole batch
+            return Embedding.failed(
+                msg.id, ErrorCode.INVALID_OUTPUT, f"vector of {len(msg.vector)} bytes is not float32 data"
+            )
         return Embedding(id=msg.id, vector=np.frombuffer(msg.vector, dtype=_WIRE_DTYPE))
     if msg.WhichOneof("outcome") == "error":
         try:

@@ -38,6 +38,7 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-queue", "max_queue", int, "items in flight before RESOURCE_EXHAUSTED"),
     ("--max-request-items", "max_request_items", int, "largest request"),
     ("--max-pixels", "max_pixels", int, "per-image pixel limit"),
+    ("--max-image-bytes", "max_image_bytes", int, "per-image encoded size limit"),
     ("--max-message-mb", "max_message_mb", int, "gRPC message size limit"),
     ("--grace-seconds", "grace_seconds", float, "drain time on SIGTERM"),
     ("--metrics-port", "metrics_port", int, "Prometheus metrics port"),
@@ -56,7 +57,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.embedder", description=__doc__.split("\n")[0])
     for flag, dest, kind, help_text in _FLAGS:
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None)
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
+                        help="report ready without running one dummy batch first")
     parser.add_argument("--list", action="store_true", help="list the registered models and exit")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -144,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, KeyError, ImportError) as exc:
         log.error("cannot load model %r: %s", settings.model, exc)
         return 1
-    asyncio.run(serve(embedder, settings))
+    try:
+        asyncio.run(serve(embedder, settings))
+    except (OSError, ValueError) as exc:  # port taken, unreadable TLS/token file: no traceback
+        log.error("cannot serve %r: %s", settings.model, exc)
+        return 1
     return 0
 
 

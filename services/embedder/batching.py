@@ -233,6 +233,7 @@ class BatchingEmbedder:
         self._decode_pool: ThreadPoolExecutor | None = None
         self._forward_pool: ThreadPoolExecutor | None = None
         self._closed = False
+        self._start_lock = asyncio.Lock()
         self.forward_calls = 0  # observability for tests and benches
 
     def info(self) -> ModelInfo:
@@ -243,14 +244,22 @@ class BatchingEmbedder:
         return self._backend
 
     async def start(self) -> None:
-        if self._collector is not None:
-            return
-        self._decode_pool = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="decode")
-        self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix="forward")
-        self._ready = asyncio.Queue()  # bounded by admission, not by maxsize: a put never blocks
-        if self._warmup:
-            await asyncio.get_running_loop().run_in_executor(self._forward_pool, self._backend.warmup)
-        self._collector = asyncio.create_task(self._collect(), name=f"batcher-{self._name}")
+        # Locked: a second caller arriving during warmup must wait for it, not build more pools.
+        async with self._start_lock:
+            if self._collector is not None:
+                return
+            self._decode_pool = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="decode")
+            self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix="forward")
+            self._ready = asyncio.Queue()  # bounded by admission, not by maxsize: a put never blocks
+            if self._warmup:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self._forward_pool, self._backend.warmup)
+                except BaseException:
+                    for pool in (self._decode_pool, self._forward_pool):
+                        pool.shutdown(wait=False)
+                    self._decode_pool = self._forward_pool = None
+                    raise
+            self._collector = asyncio.create_task(self._collect(), name=f"batcher-{self._name}")
 
     async def close(self) -> None:
         self._closed = True

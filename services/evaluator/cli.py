@@ -37,6 +37,12 @@ def _parse_ks(text: str, option: str) -> list[int]:
     return values
 
 
+def _check_engine(engine: str) -> str:
+    if engine not in ("auto", "torch", "numpy"):
+        raise typer.BadParameter(f"--engine takes auto, torch or numpy, got {engine!r}")
+    return engine
+
+
 def _fail(message: str) -> None:
     # Plain stderr, one line: scripts and users grep it (rich would wrap long paths).
     sys.stderr.write(f"error: {message}\n")
@@ -66,6 +72,7 @@ def score(
     from services.evaluator.precomputed import InputError, load_npz, score_sets
 
     recall_k, map_ks = _parse_ks(k, "--k"), _parse_ks(map_k, "--map-k")
+    _check_engine(engine)
     try:
         gallery_set = load_npz(gallery, "gallery")
         query_set = load_npz(queries, "queries") if queries is not None else None
@@ -94,6 +101,7 @@ def score_ilias(
     from services.evaluator.datasets.base import DatasetError
     from services.evaluator.precomputed import score_ilias_features
 
+    _check_engine(engine)
     try:
         summary, outcomes = score_ilias_features(
             features, recall_k=_parse_ks(k, "--k"), map_k=_parse_ks(map_k, "--map-k"),
@@ -177,8 +185,10 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Run datasets x models end to end from a config (servers by address, or in-process)."""
+    import yaml
     from pydantic import ValidationError
 
+    from services.evaluator.clients.base import EmbeddingServiceError
     from services.evaluator.config import RunSpec, ShardSpec
     from services.evaluator.runner import run_spec
 
@@ -188,10 +198,17 @@ def run(
         spec = RunSpec.from_yaml(config)
         if shard_index is not None or shard_count is not None:
             spec.shard = ShardSpec(index=shard_index or 0, count=shard_count or 1)
-    except (ValidationError, ValueError, OSError) as exc:
-        _fail(f"{config}: {exc}")
+    except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
+        _fail(f"{config}: {' '.join(str(exc).split())}")
         return
-    runs = run_spec(spec, embed=not score_only, score=not embed_only, console=console, show_progress=not quiet)
+    try:
+        runs = run_spec(spec, embed=not score_only, score=not embed_only, console=console, show_progress=not quiet)
+    except (ValueError, OSError, EmbeddingServiceError) as exc:
+        # DatasetError / StoreError are ValueErrors: a bad manifest, path or service is the user's
+        # input problem; what was embedded before the failure is already stored (a rerun resumes).
+        logging.getLogger(__name__).debug("run failed", exc_info=True)
+        _fail(" ".join(str(exc).split()))
+        return
     for run_result in runs:
         console.print(f"wrote {run_result.path}", highlight=False)
 
@@ -204,14 +221,25 @@ def embed(
     batch_size: int = typer.Option(32, help="images per request"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Embed images through a server into an NPZ that `vsbench score` reads."""
+    """Embed images through a server into the NPZ format `vsbench score` reads.
+
+    A dataset with a query split (folder layout with query/, or an inter manifest) gives two files:
+    OUT (gallery) and OUT's name with .queries.npz (queries).
+    """
     from services.evaluator.runner import embed_to_npz
 
     written, errors = embed_to_npz(server, images, out, batch_size=batch_size, show_progress=not quiet)
-    console.print(f"wrote {written} embeddings to {out}" + (f"; {len(errors)} images failed" if errors else ""))
+    for path, rows in written.items():
+        console.print(f"wrote {rows} embeddings to {path}", highlight=False)
+    if errors:
+        console.print(f"{len(errors)} images failed:")
     for error in errors[:20]:
         console.print(f"  {error['image_id']}: {error['code']}: {error['message']}", highlight=False)
-    if written == 0:
+    if len(written) == 2:
+        gallery, queries = written
+        console.print(f"score them with: vsbench score --gallery {gallery} --queries {queries} --out results.json",
+                      highlight=False)
+    if not any(written.values()):
         raise typer.Exit(code=1)
 
 

@@ -141,11 +141,15 @@ class Evaluation:
         with _progress(self.options.show_progress) as progress:
             task = progress.add_task(f"embed {dataset.name} / {model_name}", total=len(todo)) if progress else None
             try:
+                received: set[str] = set()
                 for embedding in client.embed(items()):
                     record = by_id.get(embedding.id)
-                    if record is None:
-                        log.warning("server answered unknown id %r; ignored", embedding.id)
+                    if record is None or embedding.id in received:
+                        # Only a faulty server answers an id we did not send, or one id twice.
+                        log.warning("server answered %s id %r; ignored",
+                                    "an unknown" if record is None else "a repeated", embedding.id)
                         continue
+                    received.add(embedding.id)
                     if embedding.error is not None:
                         report.errors.append(_error(record, embedding.error.code.name, embedding.error.message))
                     elif (invalid := _vector_problem(embedding.vector, info.dim)) is not None:

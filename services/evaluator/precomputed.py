@@ -113,6 +113,14 @@ def score_sets(
                 f"dimension mismatch: queries have {query_vectors.shape[1]} dims, gallery has {gallery_vectors.shape[1]}"
             )
         query_ids, query_labels = queries.ids, queries.labels
+        # Inter splits must not overlap: a query also in the gallery would be its own top match.
+        gallery_id_set = set(gallery.ids)
+        shared = next((i for i in query_ids if i in gallery_id_set), None)
+        if shared is not None:
+            raise InputError(
+                f"queries: id {shared!r} is also a gallery id; inter retrieval needs disjoint splits "
+                "(omit --queries for intra retrieval over one set)"
+            )
         exclude = None
     query_codes = labels.encode(query_labels)
     depth = max(max(recall_k), max(map_k))

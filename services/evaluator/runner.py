@@ -10,7 +10,7 @@ from rich.console import Console
 
 from services.evaluator.clients.base import EmbeddingClient
 from services.evaluator.config import DatasetSpec, ModelSpec, RunSpec, StoreSpec
-from services.evaluator.datasets.base import Dataset
+from services.evaluator.datasets.base import Dataset, Setup
 from services.evaluator.pipeline import Evaluation, EvaluationOptions
 from services.evaluator.results import RunResult
 
@@ -107,8 +107,17 @@ def run_spec(
     return runs
 
 
+def queries_path_for(out: Path) -> Path:
+    """Where `vsbench embed` writes the query split of an inter dataset, beside the gallery NPZ."""
+    return out.with_name(f"{out.stem}.queries.npz")
+
+
 def embed_to_npz(server: str, images: Path, out: Path, *, batch_size: int = 32, show_progress: bool = True):
-    """Embed a folder or manifest through a server into the `vsbench score` NPZ format."""
+    """Embed a folder or manifest through a server into the `vsbench score` NPZ format.
+
+    An inter dataset (with a query split) becomes two files, `out` (gallery) and
+    `queries_path_for(out)`, so scoring them keeps the dataset's protocol; anything else is one
+    file, scored as intra. Returns ({path: rows written}, errors)."""
     from services.common.types import ImageItem
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
     from services.evaluator.datasets.registry import load_dataset
@@ -142,16 +151,23 @@ def embed_to_npz(server: str, images: Path, out: Path, *, batch_size: int = 32, 
                     vectors[embedding.id] = embedding.vector
                 if progress:
                     progress.advance(task)
-    ids = [r.image_id for r in records if r.image_id in vectors]
     out.parent.mkdir(parents=True, exist_ok=True)
-    if ids:
-        np.savez(
-            out,
-            embeddings=np.stack([vectors[i] for i in ids]).astype(np.float32),
-            ids=np.array(ids),
-            labels=np.array([by_id[i].product_id for i in ids]),
-        )
-    return len(ids), errors
+    if dataset.setup is Setup.INTER:
+        parts = {out: dataset.gallery(), queries_path_for(out): dataset.queries()}
+    else:
+        parts = {out: records}
+    written: dict[Path, int] = {}
+    for path, part in parts.items():
+        ids = [r.image_id for r in part if r.image_id in vectors]
+        if ids:
+            np.savez(
+                path,
+                embeddings=np.stack([vectors[i] for i in ids]).astype(np.float32),
+                ids=np.array(ids),
+                labels=np.array([by_id[i].product_id for i in ids]),
+            )
+        written[path] = len(ids)
+    return written, errors
 
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}

@@ -41,6 +41,8 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 def resolve_engine(engine: Engine = "auto") -> str:
+    if engine not in ("auto", "torch", "numpy"):
+        raise ValueError(f"unknown search engine {engine!r}: use auto, torch or numpy")
     if engine == "auto":
         return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
     if engine == "torch" and importlib.util.find_spec("torch") is None:

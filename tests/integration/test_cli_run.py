@@ -76,15 +76,34 @@ def test_run_config_with_grpc_and_inprocess_models_then_table_and_report(tmp_pat
 def test_embed_then_score_compose(tmp_path, folder):
     with embedder_process("histogram") as server:
         done = vsbench("embed", "--server", server.address, "--images", str(folder), "--out",
-                       str(tmp_path / "all.npz"), "--quiet")
+                       str(tmp_path / "parts.npz"), "--quiet")
     assert done.returncode == 0, done.stderr
-    data = np.load(tmp_path / "all.npz")
-    assert data["embeddings"].shape[0] == 24 and data["embeddings"].dtype == np.float32
-    assert sorted(set(data["labels"].tolist())) == [f"part{p}" for p in range(8)]
-    scored = vsbench("score", "--gallery", str(tmp_path / "all.npz"), "--out", str(tmp_path / "r.json"))
+    # an inter dataset: gallery and queries in two files, so scoring keeps the protocol
+    gallery, queries = np.load(tmp_path / "parts.npz"), np.load(tmp_path / "parts.queries.npz")
+    assert gallery["embeddings"].shape[0] == 16 and gallery["embeddings"].dtype == np.float32
+    assert queries["embeddings"].shape[0] == 8
+    assert not set(gallery["ids"].tolist()) & set(queries["ids"].tolist())
+    assert sorted(set(gallery["labels"].tolist())) == [f"part{p}" for p in range(8)]
+    assert "vsbench score --gallery" in done.stderr
+    scored = vsbench("score", "--gallery", str(tmp_path / "parts.npz"), "--queries", str(tmp_path / "parts.queries.npz"),
+                     "--out", str(tmp_path / "r.json"))
     assert scored.returncode == 0, scored.stderr
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["queries"]["total"] == 24 and result["metrics"]["recall@1"] > 50
+    assert result["protocol"]["setup"] == "inter"
+    assert result["queries"]["total"] == 8 and result["metrics"]["recall@1"] > 50
+
+
+def test_embed_plain_folder_is_one_unlabelled_file(tmp_path, folder):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i, path in enumerate(sorted((folder / "gallery").rglob("*.jpg"))[:5]):
+        (plain / f"{i}.jpg").write_bytes(path.read_bytes())
+    with embedder_process("histogram") as server:
+        done = vsbench("embed", "--server", server.address, "--images", str(plain), "--out", str(tmp_path / "p.npz"))
+    assert done.returncode == 0, done.stderr
+    data = np.load(tmp_path / "p.npz")
+    assert data["ids"].tolist() == [f"{i}.jpg" for i in range(5)] and set(data["labels"].tolist()) == {""}
+    assert not (tmp_path / "p.queries.npz").exists()
 
 
 def test_bad_config_is_one_clear_error(tmp_path):
@@ -95,3 +114,22 @@ def test_bad_config_is_one_clear_error(tmp_path):
     done = vsbench("run", str(tmp_path / "bad.yaml"))
     assert done.returncode == 2
     assert "give exactly one of `server: host:port` or `inprocess: true`" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "config_text, expected",
+    [
+        ("datasets: [\n  bad", "expected ',' or ']'"),  # malformed YAML
+        ("datasets:\n  - {name: d, format: manifest, path: nope.csv}\nmodels:\n  - {name: m, server: '127.0.0.1:1'}\n",
+         "manifest file not found"),
+        ("datasets:\n  - {name: d, format: nosuch, path: x}\nmodels:\n  - {name: m, server: '127.0.0.1:1'}\n",
+         "unknown dataset format 'nosuch'"),
+    ],
+)
+def test_bad_yaml_or_dataset_is_one_clear_error_line(tmp_path, config_text, expected):
+    # Regression: these ended in a Python traceback instead of one `error:` line.
+    (tmp_path / "c.yaml").write_text(config_text)
+    done = vsbench("run", str(tmp_path / "c.yaml"), "--quiet", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr

@@ -285,3 +285,29 @@ def test_auth_token_file_guards_embed_but_not_health(tmp_path):
         assert not any("s3cret-token" in line for line in process.stderr_lines)
     finally:
         assert process.stop() == 0
+
+
+def test_taken_port_fails_with_a_clear_message_not_a_traceback():
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "services.embedder", "--model", "histogram", "--no-warmup",
+             "--port", str(taken.getsockname()[1])],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        taken.close()
+    assert proc.returncode == 1 and "could not bind" in proc.stderr
+    assert "Traceback" not in proc.stderr and "READY" not in proc.stdout
+
+
+def test_every_size_limit_setting_has_a_flag():
+    from services.embedder.__main__ import build_settings, parse_args
+
+    settings = build_settings(parse_args(["--max-image-bytes", "1000", "--max-pixels", "2000"]))
+    assert (settings.max_image_bytes, settings.max_pixels) == (1000, 2000)
+    assert settings.decode_limits().max_bytes == 1000

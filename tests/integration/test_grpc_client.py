@@ -7,9 +7,11 @@ import threading
 import time
 from collections import Counter
 
+import grpc
 import numpy as np
 import pytest
 
+from services.common import wire
 from services.common.grpc_server import BackgroundServer
 from services.common.servicer import Overloaded
 from services.common.settings import ServerSettings
@@ -153,3 +155,144 @@ def test_tls_channel_with_the_servers_ca(tmp_path):
             assert len(list(client.embed(items(10)))) == 10
         with pytest.raises(EmbeddingServiceError, match="DEADLINE_EXCEEDED|UNAVAILABLE"):  # plaintext to TLS
             GrpcEmbeddingClient(address, max_retries=0, wait_ready_s=2).info()
+
+
+class StartStopModel(CountingModel):
+    """Records start()/close(), as BatchingEmbedder and ProxyModel expose them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = self.closed = 0
+
+    async def start(self) -> None:
+        self.started += 1
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+def test_failed_start_on_a_taken_port_closes_the_model_and_its_loop_thread():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    model = StartStopModel()
+    threads_before = set(threading.enumerate())
+    try:
+        server = BackgroundServer(model, ServerSettings(port=taken.getsockname()[1]))
+        with pytest.raises(OSError, match="could not bind"):
+            server.start()
+    finally:
+        taken.close()
+    assert (model.started, model.closed) == (1, 1)
+    assert not server._thread.is_alive() and server._loop.is_closed()
+    assert not [t for t in set(threading.enumerate()) - threads_before if t.name == "grpc-server"]
+
+
+def test_stopped_background_server_closes_its_event_loop():
+    server = BackgroundServer(CountingModel()).start()
+    server.stop()
+    assert server._loop.is_closed()
+
+
+def test_empty_auth_token_file_refuses_to_start_instead_of_serving_without_auth(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("\n")  # a secret volume that was never filled
+    model = StartStopModel()
+    with pytest.raises(ValueError, match="is empty"):
+        BackgroundServer(model, ServerSettings(port=0, auth_token_file=token_file)).start()
+    assert model.started == 0
+
+
+def test_vector_bytes_that_are_not_float32_become_that_items_error():
+    from services.common import wire
+    from services.common.proto.vsbench.v1 import embedding_pb2 as pb
+
+    response = pb.EmbedResponse(results=[
+        pb.EmbeddingResult(id="good", vector=np.ones(DIM, "<f4").tobytes()),
+        pb.EmbeddingResult(id="torn", vector=b"\x00" * 7),
+    ])
+    good, torn = wire.response_from_pb(response)
+    assert good.ok and good.vector.shape == (DIM,)
+    assert torn.error.code == ErrorCode.INVALID_OUTPUT and "7 bytes" in torn.error.message
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "connection dropped"
+
+
+class _ScriptedStreams:
+    """Drives EmbedStream calls by hand so one thread interleaving is forced every time: the first
+    stream fails while gRPC's request thread still holds its request iterator, and that thread
+    asks for one more request only once the retry stream has started (a real server cannot pin
+    this order, which is why this one test scripts the calls)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.retry_started = threading.Event()
+        self.old_iterator_done = threading.Event()
+        self.old_iterator_gave: list = []
+        self.answered: list[str] = []
+
+    def EmbedStream(self, requests, metadata=()):
+        self.calls += 1
+        return self._first(requests) if self.calls == 1 else self._retry(requests)
+
+    def _first(self, requests):
+        next(requests)  # one batch sent, never answered
+
+        def late_request_thread():
+            self.retry_started.wait(5)
+            self.old_iterator_gave.extend(requests)  # whatever the old iterator still hands out
+            self.old_iterator_done.set()
+
+        threading.Thread(target=late_request_thread, daemon=True).start()
+        return _Call(iter(()), error=_Unavailable())
+
+    def _retry(self, requests):
+        self.retry_started.set()
+        assert self.old_iterator_done.wait(5)
+
+        def answers():
+            for request in requests:
+                batch = wire.request_from_pb(request)
+                self.answered.extend(item.id for item in batch)
+                yield wire.response_to_pb([Embedding(i.id, vector=vector_for(i.data)) for i in batch],
+                                          request.request_id)
+
+        return _Call(answers())
+
+
+class _Call:
+    def __init__(self, responses, error=None) -> None:
+        self._responses = responses
+        self._error = error
+
+    def __iter__(self):
+        yield from self._responses
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_failed_streams_request_thread_never_feeds_the_retry_stream():
+    # Regression: the request generator read its stop event, window and pending map through the
+    # closure, so after a retry rebound them, the failed stream's request thread pulled a batch into
+    # the new stream's pending map that no server ever saw: a spurious "stream ended" retry.
+    client = GrpcEmbeddingClient("127.0.0.1:1", batch_size=5, max_in_flight=1, backoff_s=0.01)
+    client._info = ModelInfo("scripted", DIM, "none", False, "r1", 5, "test")
+    streams = _ScriptedStreams()
+    client._stub = streams
+    try:
+        results = list(client.embed(items(20)))
+    finally:
+        client.close()
+    assert streams.old_iterator_gave == []  # the old iterator stopped instead of taking a batch
+    assert client.retries == 1 and streams.calls == 2
+    assert sorted(r.id for r in results) == sorted(i.id for i in items(20))
+    assert Counter(streams.answered) == Counter(i.id for i in items(20))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.common.types import Embedding
 from services.evaluator.clients.base import EmbeddingServiceError
 from services.evaluator.clients.grpc import GrpcEmbeddingClient
 from services.evaluator.datasets.registry import load_dataset
@@ -178,3 +179,36 @@ def test_embedder_killed_for_good_then_rerun_skips_what_is_stored(tmp_path, fold
     assert not (set(first.delivered) & set(second.delivered)) - {"query/p00/corrupt.jpg"}
     assert len(set(first.delivered) | set(second.delivered)) == total
     assert report.embedded + report.already_stored == total - 1  # the corrupt query is an error
+
+
+class RepeatingClient:
+    """A faulty server's behaviour: every answer arrives twice, plus one id nobody asked for."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def info(self):
+        return self.inner.info()
+
+    def embed(self, items):
+        for embedding in self.inner.embed(items):
+            yield embedding
+            yield embedding
+        yield Embedding("not-sent", vector=np.ones(self.info().dim, np.float32))
+
+    def close(self):
+        self.inner.close()
+
+
+def test_repeated_or_unknown_answers_are_ignored_not_double_counted(tmp_path, folder_dataset):
+    store = open_store("qdrant-edge", path=tmp_path / "qdrant")
+    try:
+        with embedder_process("histogram") as server:
+            client = RepeatingClient(GrpcEmbeddingClient(server.address))
+            report = Evaluation(store, tmp_path / "results", options()).embed(folder_dataset, client, "histogram")
+            client.close()
+        total = len(folder_dataset.records)
+        assert report.embedded == total - 1 and len(report.errors) == 1
+        assert store.count(collection_name("colours", "histogram")) == total - 1
+    finally:
+        store.close()

@@ -54,6 +54,8 @@ def test_inter_scoring_with_custom_k(tmp_path):
         (([[1, 0], [0, 1]], ["a", "a"], ["A", "A"]), None, "duplicate id 'a' at rows 0 and 1"),
         (([[1, 0], [0, 1]], ["a", "b"], ["A", "A"]), ([[1, 0, 0]], ["q"], ["A"]), "dimension mismatch"),
         (([[1, 0], [0, 1]], ["a", "b"], ["A", "A"]), ([[1, 0]], ["q"], [""]), "query with an empty label"),
+        # Regression: a query id also in the gallery was silently its own relevant top-1 match.
+        (([[1, 0], [0, 1]], ["a", "b"], ["A", "A"]), ([[1, 0]], ["a"], ["A"]), "id 'a' is also a gallery id"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_clear_line(tmp_path, gallery, queries, expected):
@@ -100,3 +102,12 @@ def test_score_ilias_official_features_streams_distractors(tmp_path):
     assert result["metrics"]["recall@1"] == 50.0
     assert result["metrics"]["map@2"] == pytest.approx(100 * (0.25 + 1.0) / 2)
     assert result["gallery"] == {"total": 5, "indexed": 5, "distractors": 2}
+
+
+def test_unknown_engine_is_refused_not_silently_replaced(tmp_path):
+    # Regression: --engine foo ran numpy and wrote "(foo)" as the search engine into the results.
+    save(tmp_path / "g.npz", [[1, 0], [0, 1]], ["a", "b"], ["A", "A"])
+    done = vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--out", str(tmp_path / "r.json"),
+                   "--engine", "foo")
+    assert done.returncode == 2 and "--engine takes auto, torch or numpy" in done.stderr
+    assert not (tmp_path / "r.json").exists()

@@ -321,3 +321,48 @@ def test_inprocess_client_by_name_and_by_backend():
     assert not backend.closed  # a backend passed in belongs to the caller
     with pytest.raises(RuntimeError):
         client.embed(items(1))
+
+
+class SlowWarmupBackend(RecordingBackend):
+    def __init__(self, fail_first: bool = False) -> None:
+        super().__init__()
+        self.warmups = 0
+        self.fail_first = fail_first
+
+    def warmup(self) -> None:
+        self.warmups += 1
+        time.sleep(0.1)
+        if self.fail_first and self.warmups == 1:
+            raise RuntimeError("device not ready")
+
+
+def test_concurrent_first_calls_start_the_pipeline_once():
+    backend = SlowWarmupBackend()
+
+    async def scenario():
+        embedder = BatchingEmbedder(backend, warmup=True)
+        try:
+            results = await asyncio.gather(embedder.embed(items(2, "a")), embedder.embed(items(2, "b")))
+            forward_threads = [t for t in threading.enumerate() if t.name.startswith("forward")]
+            return results, len(forward_threads)
+        finally:
+            await embedder.close()
+
+    results, forward_threads = run(scenario())
+    assert backend.warmups == 1 and forward_threads == 1
+    assert all(e.ok for batch in results for e in batch)
+
+
+def test_failed_warmup_can_be_retried():
+    backend = SlowWarmupBackend(fail_first=True)
+
+    async def scenario():
+        embedder = BatchingEmbedder(backend, warmup=True)
+        with pytest.raises(RuntimeError, match="device not ready"):
+            await embedder.start()
+        try:
+            return await embedder.embed(items(2))
+        finally:
+            await embedder.close()
+
+    assert all(e.ok for e in run(scenario())) and backend.warmups == 2

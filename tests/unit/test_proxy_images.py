@@ -93,6 +93,15 @@ def test_decompression_bombs_are_refused_before_decoding():
     assert error.value.code == ErrorCode.IMAGE_TOO_LARGE
 
 
+def test_pillows_own_bomb_guard_is_image_too_large_not_invalid(monkeypatch):
+    # Pillow refuses headers over 2x MAX_IMAGE_PIXELS inside Image.open, before our own check.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    out = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(out, format="PNG")
+    with pytest.raises(ImageRejected) as error:
+        prepare(out.getvalue(), JPEG_PNG)
+    assert error.value.code == ErrorCode.IMAGE_TOO_LARGE
+
 def test_titan_gets_jpeg_within_2048_pixels_and_the_run_counts_it(monkeypatch):
     """A 2600x1300 WebP goes to Titan (JPEG/PNG, <= 2048 per side) re-encoded and downscaled."""
     big = Image.new("RGB", (2600, 1300), (120, 30, 200))

@@ -95,3 +95,34 @@ def test_usage_snapshot_counts_a_run(monkeypatch):
     assert usage["errors"] == {"INVALID_IMAGE": 1}
     assert usage["estimated_cost_usd"] == pytest.approx(3 * 0.00006)
     assert json.loads(details["usage"]) == usage
+
+
+@pytest.mark.parametrize("name, text", [
+    ("list.json", "[1, 2]"),
+    ("broken.yaml", "a: [unclosed\n"),
+    ("scalar.yml", "just text\n"),
+])
+def test_malformed_price_tables_are_a_clear_value_error(tmp_path, name, text):
+    table = tmp_path / name
+    table.write_text(text)
+    with pytest.raises(ValueError, match="price table"):
+        load_price_table(table)
+
+
+def test_server_limits_and_mtls_have_flags(tmp_path):
+    settings, _ = parse_settings([
+        "--tls-client-ca", str(tmp_path / "ca.pem"), "--max-message-mb", "8", "--max-request-items", "9",
+        "--max-pending-images", "10", "--max-input-pixels", "11",
+    ])
+    assert settings.tls_client_ca == tmp_path / "ca.pem"
+    assert (settings.max_message_mb, settings.max_request_items, settings.max_pending_images,
+            settings.max_input_pixels) == (8, 9, 10, 11)
+
+
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--dimension", "0"], ["--rpm", "-1"]])
+def test_invalid_flags_exit_2_with_a_message_not_a_traceback(argv, capsys):
+    from services.api_proxy.__main__ import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "invalid settings" in err and "Traceback" not in err

@@ -94,3 +94,11 @@ def test_gallery_sorted_by_score_worst_case_for_sampled_bounds(engine, ascending
     g = gallery[order if ascending else order[::-1]]
     result = exact_topk(q, g, 25, engine=engine)
     assert (result.indices == brute_force(q, g, 25)).all()
+
+
+def test_unknown_engine_name_is_an_error():
+    from services.evaluator.search import resolve_engine
+
+    with pytest.raises(ValueError, match="unknown search engine 'foo'"):
+        exact_topk(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), 1, engine="foo")
+    assert resolve_engine("numpy") == "numpy"

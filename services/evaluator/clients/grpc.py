@@ -140,7 +140,12 @@ class GrpcEmbeddingClient:
             stop = threading.Event()
             producer_error: list[BaseException] = []
 
-            def requests() -> Iterator[pb.EmbedRequest]:
+            # This attempt's state is bound as arguments, not read through the closure: gRPC's
+            # request thread of a failed stream can wake after the loop has rebound these names,
+            # and must then see its own (set) stop event, not take batches for the next stream.
+            def requests(
+                pending=pending, pending_lock=pending_lock, window=window, stop=stop, producer_error=producer_error
+            ) -> Iterator[pb.EmbedRequest]:
                 nonlocal source_done
                 while True:
                     window.acquire()
