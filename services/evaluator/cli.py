@@ -182,6 +182,12 @@ def run(
     score_only: bool = typer.Option(False, "--score-only", help="score what the store holds"),
     shard_index: Optional[int] = typer.Option(None, help="embed only this shard (with --embed-only)"),
     shard_count: Optional[int] = typer.Option(None, help="number of shards"),
+    search: Optional[str] = typer.Option(
+        None, "--search", help="override the config: matmul (exact blocked matmul) or qdrant (Qdrant exact search)"
+    ),
+    unanswerable_as_miss: Optional[bool] = typer.Option(
+        None, "--unanswerable-as-miss/--exclude-unanswerable", help="override the config's unanswerable rule"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Run datasets x models end to end from a config (servers by address, or in-process)."""
@@ -198,6 +204,10 @@ def run(
         spec = RunSpec.from_yaml(config)
         if shard_index is not None or shard_count is not None:
             spec.shard = ShardSpec(index=shard_index or 0, count=shard_count or 1)
+        overrides = {"search": search, "unanswerable_as_miss": unanswerable_as_miss}
+        spec = RunSpec.model_validate(
+            {**spec.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
         _fail(f"{config}: {' '.join(str(exc).split())}")
         return

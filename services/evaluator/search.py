@@ -68,6 +68,23 @@ def _merge(best_s: np.ndarray, best_i: np.ndarray, cand_s: np.ndarray, cand_i: n
     return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
 
 
+def _first_candidates(cand_s: np.ndarray, cand_i: np.ndarray, k: int):
+    """The first block's candidates as the running best, without a full merge: they come sorted by
+    score, so only rows holding equal scores need re-ordering by index (the tie rule); short lists
+    are padded with empty slots."""
+    tied = np.flatnonzero((cand_s[:, 1:] == cand_s[:, :-1]).any(axis=1)) if cand_s.shape[1] > 1 else []
+    if len(tied):
+        order = np.lexsort((cand_i[tied], -cand_s[tied].astype(np.float64)), axis=1)
+        cand_s, cand_i = cand_s.copy(), cand_i.copy()
+        cand_s[tied] = np.take_along_axis(cand_s[tied], order, 1)
+        cand_i[tied] = np.take_along_axis(cand_i[tied], order, 1)
+    missing = k - cand_s.shape[1]
+    if missing > 0:
+        cand_s = np.pad(cand_s, ((0, 0), (0, missing)), constant_values=-np.inf)
+        cand_i = np.pad(cand_i, ((0, 0), (0, missing)), constant_values=-1)
+    return cand_s, cand_i
+
+
 class _TorchScorer:
     def __init__(self, device: str | None) -> None:
         import torch
@@ -191,7 +208,10 @@ def exact_topk(
             ex = exclude[start : start + q_rows] if exclude is not None else None
             cand_s, cand_i = scorer.block_topk(q, block, k, offset, ex)
             sl = slice(start, start + q_rows)
-            best_s[sl], best_i[sl] = _merge(best_s[sl], best_i[sl], cand_s, cand_i, k)
+            if offset == 0:
+                best_s[sl], best_i[sl] = _first_candidates(cand_s, cand_i, k)
+            else:
+                best_s[sl], best_i[sl] = _merge(best_s[sl], best_i[sl], cand_s, cand_i, k)
         offset += block.shape[0]
         if progress is not None:
             progress(block.shape[0])

@@ -133,3 +133,19 @@ def test_bad_yaml_or_dataset_is_one_clear_error_line(tmp_path, config_text, expe
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr
+
+
+def test_search_override_and_unanswerable_flag(tmp_path, folder):
+    config = {
+        "results_dir": "results", "store": {"kind": "qdrant-edge", "path": "store"},
+        "datasets": [{"name": "parts", "format": "folder", "path": str(folder)}],
+        "models": [{"name": "histogram", "inprocess": True}],
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    done = vsbench("run", str(tmp_path / "run.yaml"), "--quiet", "--search", "qdrant", "--unanswerable-as-miss")
+    assert done.returncode == 0, done.stderr
+    (run,) = load_results(tmp_path / "results")
+    assert run.data["protocol"]["search"].startswith("Qdrant exact search")
+    assert run.data["protocol"]["unanswerable"] == "scored as misses"
+    bad = vsbench("run", str(tmp_path / "run.yaml"), "--search", "annoy")
+    assert bad.returncode == 2 and "search" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
