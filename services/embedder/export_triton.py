@@ -102,18 +102,14 @@ ONNX_EXPORTERS: dict[str, str | Exporter] = {
 
 
 def _exporter_for(kind: str) -> Exporter:
-    try:
-        target = ONNX_EXPORTERS[kind]
-    except KeyError:
-        raise ExportError(
+    from services.embedder.backends.registry import resolve_lazy
+
+    return resolve_lazy(
+        ONNX_EXPORTERS, kind,
+        lambda: ExportError(
             f"no Triton exporter for models of kind {kind!r}; exportable kinds: {sorted(ONNX_EXPORTERS)}"
-        ) from None
-    if callable(target):
-        return target
-    module_name, _, function_name = target.partition(":")
-    exporter = getattr(importlib.import_module(module_name), function_name)
-    ONNX_EXPORTERS[kind] = exporter
-    return exporter
+        ),
+    )
 
 
 def _torch_to_onnx(module: Any, example: np.ndarray, path: Path) -> OnnxGraph:

@@ -150,19 +150,26 @@ def list_specs() -> list[ModelSpec]:
     return [_SPECS[name] for name in sorted(_SPECS)]
 
 
-def factory_for(kind: str) -> BackendFactory:
+def resolve_lazy(table: dict[str, Any], key: str, unknown: Callable[[], Exception]) -> Callable:
+    """`table[key]` is a callable or a "module:function" string, imported on first use and then
+    cached in the table, so heavy libraries load only for the models actually used."""
     try:
-        target = BACKEND_FACTORIES[kind]
+        target = table[key]
     except KeyError:
-        raise ValueError(
-            f"no backend factory for kind {kind!r}; known: {sorted(BACKEND_FACTORIES)}"
-        ) from None
+        raise unknown() from None
     if callable(target):
         return target
     module_name, _, function_name = target.partition(":")
-    factory = getattr(importlib.import_module(module_name), function_name)
-    BACKEND_FACTORIES[kind] = factory
-    return factory
+    resolved = getattr(importlib.import_module(module_name), function_name)
+    table[key] = resolved
+    return resolved
+
+
+def factory_for(kind: str) -> BackendFactory:
+    return resolve_lazy(
+        BACKEND_FACTORIES, kind,
+        lambda: ValueError(f"no backend factory for kind {kind!r}; known: {sorted(BACKEND_FACTORIES)}"),
+    )
 
 
 def load_backend(
