@@ -17,7 +17,7 @@ from services.evaluator.datasets.registry import (
 
 
 def test_formats_listed():
-    assert DATASET_FORMATS == ("manifest", "folder", "sop", "products10k", "ilias")
+    assert DATASET_FORMATS == ("manifest", "folder", "sop", "products10k", "ilias", "quickstart")
     assert set(DATASET_LOADERS) == set(DATASET_FORMATS)
     assert dataset_options("ilias") == {"distractors": "mini", "max_distractors": None, "name": None}
     assert "ids" in dataset_options("products10k")
@@ -43,7 +43,7 @@ def test_unknown_format_lists_the_known_ones(tmp_path):
         load_dataset("coco", tmp_path)
     assert (
         str(caught.value)
-        == "unknown dataset format 'coco' (known: manifest, folder, sop, products10k, ilias)"
+        == "unknown dataset format 'coco' (known: manifest, folder, sop, products10k, ilias, quickstart)"
     )
 
 

@@ -285,7 +285,14 @@ def test_evaluator_config_is_a_valid_run_spec(config_path):
     spec = RunSpec.model_validate(yaml.safe_load(config_path.read_text()))
     assert spec.store.kind == "qdrant-server"
     assert str(spec.results_dir) == "/results"
-    assert all(str(d.path).startswith("/datasets/") for d in spec.datasets)
+    for dataset in spec.datasets:
+        # Read-only data comes from the /datasets mount; the quickstart set is built at run time, so
+        # it needs the writable tmpfs of the read-only evaluator container.
+        expected = "/tmp/" if dataset.format == "quickstart" else "/datasets/"
+        assert str(dataset.path).startswith(expected), f"{dataset.name}: {dataset.path} is not under {expected}"
+    if any(d.format == "quickstart" for d in spec.datasets):
+        evaluator = _compose_rendered()["services"]["evaluator"]
+        assert evaluator["read_only"] and "/tmp" in evaluator["tmpfs"]
 
 
 @pytest.mark.parametrize("config_path", COMPOSE_CONFIGS, ids=lambda p: p.name)

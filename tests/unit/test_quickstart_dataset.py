@@ -306,3 +306,16 @@ def test_synthetic_queries_are_jpegs_within_the_size(small_build):
     for path in (small_build / "images" / "queries").glob("*_synthetic-*.jpg"):
         with Image.open(io.BytesIO(path.read_bytes())) as image:
             assert image.format == "JPEG" and max(image.size) <= 320 and image.mode == "RGB"
+
+
+def test_quickstart_is_a_dataset_format(tmp_path):
+    from services.evaluator.datasets.base import DatasetError, GalleryType
+    from services.evaluator.datasets.registry import load_dataset
+
+    open_set = load_dataset("quickstart", tmp_path / "qs", variant="open", size="small")
+    closed = load_dataset("quickstart", tmp_path / "qs", variant="closed", size="small", name="qs-closed")
+    assert open_set.gallery_type is GalleryType.OPEN and closed.gallery_type is GalleryType.CLOSED
+    assert closed.name == "qs-closed" and not closed.missing() and not open_set.missing()
+    assert {r.image_id for r in closed.queries()} == {r.image_id for r in open_set.queries()}
+    with pytest.raises(DatasetError, match="expected one of closed, open"):
+        load_dataset("quickstart", tmp_path / "qs", variant="ajar")

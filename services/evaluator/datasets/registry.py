@@ -15,6 +15,7 @@ from .folder import load_folder
 from .ilias import load_ilias
 from .manifest import load_manifest
 from .products10k import load_products10k
+from .quickstart import load_quickstart
 from .sop import load_sop
 
 DATASET_LOADERS: dict[str, Callable[..., Dataset]] = {
@@ -23,6 +24,7 @@ DATASET_LOADERS: dict[str, Callable[..., Dataset]] = {
     "sop": load_sop,
     "products10k": load_products10k,
     "ilias": load_ilias,
+    "quickstart": load_quickstart,
 }
 DATASET_FORMATS: tuple[str, ...] = tuple(DATASET_LOADERS)
 
