@@ -144,15 +144,11 @@ def _encode(image, fmt: str, quality: int) -> bytes:
 
 
 def _flatten(image):
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
+    from services.common.images import to_rgb
+
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def prepare(data: bytes, limits: ImageLimits, max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> PreparedImage:

@@ -24,15 +24,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from services.common.images import to_rgb
 from services.common.types import ErrorCode
 
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
-_WHITE = (255, 255, 255)
 
 
 class ImageError(Exception):
@@ -73,7 +72,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Im
         raise InvalidImage(f"cannot decode {image.format or 'image'}: {exc}") from exc
     image = _apply_orientation(image)
     try:
-        return _to_rgb(image)
+        return to_rgb(image)
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -110,38 +109,3 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
         return image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        return _on_white(image.convert("RGBA"))
-    if mode in ("L", "1", "P", "CMYK", "YCbCr"):
-        return image.convert("RGB")
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return _wide_grey_to_rgb(image)
-    if mode == "RGBX":
-        return image.convert("RGB")
-    # LAB, HSV and rarer modes: let Pillow try, and report a clear error when it cannot.
-    return image.convert("RGB")
-
-
-def _on_white(rgba: Image.Image) -> Image.Image:
-    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def _wide_grey_to_rgb(image: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale -> 8-bit RGB by the value range of its type."""
-    pixels = np.asarray(image)
-    if image.mode.startswith("I;16") or pixels.dtype == np.uint16:
-        scaled = pixels.astype(np.float32) / 257.0
-    elif image.mode == "F":
-        peak = float(np.nanmax(pixels)) if pixels.size else 0.0
-        # Floats in 0..1 are the common convention; anything else is treated as 0..255.
-        scaled = pixels * 255.0 if peak <= 1.0 else pixels
-    else:  # "I": 32-bit signed; PNG/TIFF decoders put 16-bit data here
-        peak = int(pixels.max()) if pixels.size else 0
-        scaled = pixels.astype(np.float32) / (257.0 if peak > 255 else 1.0)
-    grey = np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
-    return Image.fromarray(grey, mode="L").convert("RGB")

@@ -126,3 +126,15 @@ def test_every_provider_declares_formats_it_can_reencode_to():
     for provider in PROVIDERS.values():
         for spec in provider.models.values():
             assert spec.images.reencode_format in spec.images.formats, provider.name
+
+
+def test_re_encoding_uses_the_embedders_rgb_conversion():
+    """One conversion for both services: 16-bit grey is scaled by range (not clipped), PA works."""
+    import numpy as np
+    from PIL import Image
+
+    from services.common.images import to_rgb
+
+    grey16 = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
+    assert to_rgb(grey16).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("PA", (4, 4))).mode == "RGB"
