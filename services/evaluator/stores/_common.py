@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.evaluator.stores.base import Hit
+from services.evaluator.stores.base import Hit, StoredVectors, point_id
 
 # Both stores use the name as is: a folder for Qdrant Edge, a collection for a server.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -89,6 +89,19 @@ def rows_to_array(rows: Sequence[Sequence[float]], dim: int) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i] = row
     return out
+
+
+def stored_block(image_ids: Sequence[str], records: Mapping[str, object], dim: int) -> StoredVectors | None:
+    """The records retrieved for one block of image ids (keyed by point id), in the asked order;
+    ids without a stored point are skipped. None when none of them is stored."""
+    kept = [(i, records[point_id(i)]) for i in image_ids if point_id(i) in records]
+    if not kept:
+        return None
+    return StoredVectors(
+        image_ids=[i for i, _ in kept],
+        vectors=rows_to_array([r.vector for _, r in kept], dim),
+        payloads=[dict(r.payload or {}) for _, r in kept],
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from services.evaluator.stores._common import (
     check_name,
     check_queries,
     ranked_search,
-    rows_to_array,
+    stored_block,
 )
 from services.evaluator.stores.base import Hit, StoredVectors, point_id
 
@@ -170,14 +170,9 @@ class QdrantEdgeStore:
                 str(r.id): r
                 for r in shard.retrieve([point_id(i) for i in block], with_payload=True, with_vector=True)
             }
-            kept = [(i, records[point_id(i)]) for i in block if point_id(i) in records]
-            if not kept:
-                continue
-            yield StoredVectors(
-                image_ids=[i for i, _ in kept],
-                vectors=rows_to_array([r.vector for _, r in kept], dim),
-                payloads=[dict(r.payload or {}) for _, r in kept],
-            )
+            stored = stored_block(block, records, dim)
+            if stored is not None:
+                yield stored
 
     def search_exact(
         self,
