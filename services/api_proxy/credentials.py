@@ -18,10 +18,12 @@ from typing import Mapping, Protocol, Sequence
 
 import httpx
 
+from services.common.errors import VsbenchError
+
 log = logging.getLogger(__name__)
 
 
-class CredentialsError(RuntimeError):
+class CredentialsError(VsbenchError, RuntimeError):
     """No usable credentials: the message names where they were looked for, never a value."""
 
 

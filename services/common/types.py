@@ -71,9 +71,12 @@ class ModelInfo:
     backend: str
     dtype: str = "float32"
     details: Mapping[str, str] = field(default_factory=dict)
+    # "sha256:<hex>" over whatever changes the vectors (see proto ModelInfo.fingerprint); "" = unknown.
+    fingerprint: str = ""
 
     def to_dict(self) -> dict:
         return {
+            "fingerprint": self.fingerprint,
             "name": self.name,
             "dim": self.dim,
             "dtype": self.dtype,
@@ -97,4 +100,39 @@ class ModelInfo:
             backend=data.get("backend", ""),
             dtype=data.get("dtype", "float32"),
             details=dict(data.get("details", {})),
+            fingerprint=data.get("fingerprint", ""),
         )
+
+
+@dataclass(slots=True)
+class CallUsage:
+    """What answering some requests cost (proto `Usage`); added up per run by the evaluator.
+    `cost_usd` is None while any part of it had no known price."""
+
+    billed_images: int = 0
+    cached_images: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    cost_usd: float | None = 0.0
+
+    def add(self, other: "CallUsage") -> None:
+        self.billed_images += other.billed_images
+        self.cached_images += other.cached_images
+        self.requests += other.requests
+        self.retries += other.retries
+        self.rate_limited += other.rate_limited
+        if self.cost_usd is None or other.cost_usd is None:
+            self.cost_usd = None
+        else:
+            self.cost_usd += other.cost_usd
+
+    def to_dict(self) -> dict:
+        return {
+            "billed_images": self.billed_images,
+            "cached_images": self.cached_images,
+            "requests": self.requests,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
+        }

@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from services.common.proto.vsbench.v1 import embedding_pb2 as pb
-from services.common.types import Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
+from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
 
 # Vectors travel as little-endian float32 bytes: 4x smaller than repeated float's varint-free
 # encoding would still be, and a zero-copy np.frombuffer on the receiving side.
@@ -25,6 +25,7 @@ def info_to_pb(info: ModelInfo) -> pb.ModelInfo:
         max_batch=info.max_batch,
         backend=info.backend,
         details=dict(info.details),
+        fingerprint=info.fingerprint,
     )
 
 
@@ -39,6 +40,7 @@ def info_from_pb(msg: pb.ModelInfo) -> ModelInfo:
         max_batch=msg.max_batch,
         backend=msg.backend,
         details=dict(msg.details),
+        fingerprint=msg.fingerprint,
     )
 
 
@@ -78,11 +80,56 @@ def embedding_from_pb(msg: pb.EmbeddingResult) -> Embedding:
     return Embedding.failed(msg.id, ErrorCode.INTERNAL, "server sent neither vector nor error")
 
 
-def response_to_pb(embeddings: Iterable[Embedding], request_id: str = "") -> pb.EmbedResponse:
-    return pb.EmbedResponse(
-        results=[embedding_to_pb(e) for e in embeddings], request_id=request_id
+def usage_to_pb(usage: CallUsage) -> pb.Usage:
+    msg = pb.Usage(
+        billed_images=usage.billed_images,
+        cached_images=usage.cached_images,
+        requests=usage.requests,
+        retries=usage.retries,
+        rate_limited=usage.rate_limited,
     )
+    if usage.cost_usd is not None:
+        msg.cost_usd = usage.cost_usd
+    return msg
+
+
+def usage_from_pb(msg: pb.Usage) -> CallUsage:
+    return CallUsage(
+        billed_images=msg.billed_images,
+        cached_images=msg.cached_images,
+        requests=msg.requests,
+        retries=msg.retries,
+        rate_limited=msg.rate_limited,
+        cost_usd=msg.cost_usd if msg.HasField("cost_usd") else None,
+    )
+
+
+def response_to_pb(
+    embeddings: Iterable[Embedding], request_id: str = "", usage: CallUsage | None = None
+) -> pb.EmbedResponse:
+    msg = pb.EmbedResponse(results=[embedding_to_pb(e) for e in embeddings], request_id=request_id)
+    if usage is not None:
+        msg.usage.CopyFrom(usage_to_pb(usage))
+    return msg
 
 
 def response_from_pb(msg: pb.EmbedResponse) -> list[Embedding]:
     return [embedding_from_pb(r) for r in msg.results]
+
+
+def response_usage(msg: pb.EmbedResponse) -> CallUsage | None:
+    """The response's usage, or None when the server sent none (an embedder)."""
+    return usage_from_pb(msg.usage) if msg.HasField("usage") else None
+
+
+def rejection_to_pb(reason: str, retry_after_ms: int, request_id: str = "") -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        request_id=request_id, rejected=pb.BatchRejected(reason=reason, retry_after_ms=retry_after_ms)
+    )
+
+
+def response_rejection(msg: pb.EmbedResponse) -> tuple[str, int] | None:
+    """(reason, retry_after_ms) when the server refused this request (overload), else None."""
+    if not msg.HasField("rejected"):
+        return None
+    return msg.rejected.reason, msg.rejected.retry_after_ms

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from services.common.errors import VsbenchError
 from services.embedder.backends.registry import ModelSpec, get_spec, load_backend, resolve_weights_path
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class ExportResult:
         return line
 
 
-class ExportError(RuntimeError):
+class ExportError(VsbenchError, RuntimeError):
     """The model cannot be exported, or the export does not reproduce the local backend."""
 
 

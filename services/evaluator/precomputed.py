@@ -14,11 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
+from services.common.errors import VsbenchError
 from services.evaluator.scoring import LabelIndex, iter_outcomes, protocol_record, score_topk
 from services.evaluator.search import exact_topk, l2_normalize, resolve_engine
 
 
-class InputError(ValueError):
+class InputError(VsbenchError, ValueError):
     """Bad precomputed input; the message is one line naming the problem and the row."""
 
 

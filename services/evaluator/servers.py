@@ -18,10 +18,12 @@ from collections import deque
 from pathlib import Path
 from typing import Sequence
 
+from services.common.errors import VsbenchError
+
 READY_PREFIX = "READY "
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(VsbenchError, RuntimeError):
     pass
 
 

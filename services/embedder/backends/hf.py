@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from services.common.errors import VsbenchError
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
 
@@ -38,7 +39,7 @@ WeightsPath = str | os.PathLike[str]
 # --------------------------------------------------------------------------------------- errors
 
 
-class BackendLoadError(Exception):
+class BackendLoadError(VsbenchError):
     """A backend cannot be built; the message says what is missing and how to provide it."""
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from services.common.errors import VsbenchError
 from services.embedder.backends.preprocess import Preprocessing
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ _SPECS: dict[str, ModelSpec] = {}
 _spec_modules_loaded = False
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(VsbenchError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; this reads better on a CLI
         return str(self.args[0]) if self.args else "unknown model"
 

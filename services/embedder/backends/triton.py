@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from services.common.errors import VsbenchError
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
 from services.embedder.backends.registry import ModelSpec, get_spec
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 Preprocess = Callable[[Image.Image], np.ndarray]
 
 
-class TritonError(RuntimeError):
+class TritonError(VsbenchError, RuntimeError):
     """Triton is unreachable, the model is not ready or does not match, or a request failed."""
 
 

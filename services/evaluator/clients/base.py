@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Protocol
 
+from services.common.errors import VsbenchError
 from services.common.types import Embedding, ImageItem, ModelInfo
 
 
-class EmbeddingServiceError(RuntimeError):
+class EmbeddingServiceError(VsbenchError, RuntimeError):
     """The embedding service failed for good (retries exhausted, or a non-retryable status)."""
 
 

@@ -13,6 +13,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
+from services.common.errors import VsbenchError
+
 
 class Split(str, enum.Enum):
     QUERY = "query"
@@ -33,7 +35,7 @@ class GalleryType(str, enum.Enum):
     OPEN = "open"
 
 
-class DatasetError(ValueError):
+class DatasetError(VsbenchError, ValueError):
     """A dataset that cannot be used as given. The message names the file and line (or record)."""
 
 

@@ -15,6 +15,7 @@ from itertools import combinations
 
 import numpy as np
 
+from services.common.errors import VsbenchError
 from services.evaluator.report import stats
 from services.evaluator.results import RunResult
 from services.evaluator.tables import metric_k
@@ -117,7 +118,7 @@ def margins(top_scores: list[list[float]], top_relevant: list[list[bool]]) -> tu
     return margin, bound
 
 
-class PerQueryError(ValueError):
+class PerQueryError(VsbenchError, ValueError):
     """A per-query file that cannot be read; the site shows the run without per-query views."""
 
 

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from services.common.errors import VsbenchError
 from services.evaluator.report import charts
 from services.evaluator.report.data import (
     CellStats,
@@ -93,7 +94,7 @@ class SiteOptions:
     title: str = "vsbench results"
 
 
-class SiteError(ValueError):
+class SiteError(VsbenchError, ValueError):
     """The site cannot be built as asked (no results, an unsafe output folder)."""
 
 

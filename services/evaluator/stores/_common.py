@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.errors import VsbenchError
 from services.evaluator.stores.base import Hit, StoredVectors, point_id
 
 # Both stores use the name as is: a folder for Qdrant Edge, a collection for a server.
@@ -25,7 +26,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 PAYLOAD_FIELDS = ("image_id", "product_id", "split", "dataset", "model")
 
 
-class StoreError(ValueError):
+class StoreError(VsbenchError, ValueError):
     """Bad input to a vector store (nothing was written)."""
 
 

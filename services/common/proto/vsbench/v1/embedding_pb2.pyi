@@ -103,6 +103,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """registry name, e.g. "efficientnet-lite0", "cohere/embed-v4.0" """
     dim: _builtins.int
@@ -119,6 +120,11 @@ class ModelInfo(_message.Message):
     """the most items one request may carry"""
     backend: _builtins.str
     """"torch", "onnxruntime", "triton", "histogram", "cohere", ..."""
+    fingerprint: _builtins.str
+    """"sha256:<hex>" over everything that changes the vectors: weights (file hashes), preprocessing,
+    pooling, dtype, the library versions that compute them; for a vendor: vendor, model, API
+    version, dimension. Stores refuse to mix vectors of two fingerprints under one name.
+    """
     @_builtins.property
     def details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """anything else results should carry (pooling, vendor limits, ...)"""
@@ -135,10 +141,11 @@ class ModelInfo(_message.Message):
         max_batch: _builtins.int = ...,
         backend: _builtins.str = ...,
         details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "details", b"details", "dim", b"dim", "dtype", b"dtype", "max_batch", b"max_batch", "name", b"name", "normalized", b"normalized", "preprocessing", b"preprocessing", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "details", b"details", "dim", b"dim", "dtype", b"dtype", "fingerprint", b"fingerprint", "max_batch", b"max_batch", "name", b"name", "normalized", b"normalized", "preprocessing", b"preprocessing", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -244,23 +251,104 @@ class EmbeddingResult(_message.Message):
 Global___EmbeddingResult: _TypeAlias = EmbeddingResult  # noqa: Y015
 
 @_typing.final
+class Usage(_message.Message):
+    """What answering one request cost. The api_proxy fills it per response so a run can add up its
+    own figures (a server-lifetime counter would mix runs); an embedder leaves it unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILLED_IMAGES_FIELD_NUMBER: _builtins.int
+    CACHED_IMAGES_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    RATE_LIMITED_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    billed_images: _builtins.int
+    """images the vendor was paid for in this request"""
+    cached_images: _builtins.int
+    """images answered from the proxy's cache (not billed)"""
+    requests: _builtins.int
+    """vendor HTTP requests made, retries included"""
+    retries: _builtins.int
+    rate_limited: _builtins.int
+    """vendor 429 answers"""
+    cost_usd: _builtins.float
+    """unset where no price is known"""
+    def __init__(
+        self,
+        *,
+        billed_images: _builtins.int = ...,
+        cached_images: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        retries: _builtins.int = ...,
+        rate_limited: _builtins.int = ...,
+        cost_usd: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "billed_images", b"billed_images", "cached_images", b"cached_images", "cost_usd", b"cost_usd", "rate_limited", b"rate_limited", "requests", b"requests", "retries", b"retries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class BatchRejected(_message.Message):
+    """The server refused this request only (overload): nothing in it was computed. The caller may
+    resend the same items after retry_after_ms; other requests of the stream are unaffected.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    retry_after_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        retry_after_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRejected: _TypeAlias = BatchRejected  # noqa: Y015
+
+@_typing.final
 class EmbedResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbeddingResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbeddingResult]:
+        """empty when `rejected` is set"""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def rejected(self) -> Global___BatchRejected: ...
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___EmbeddingResult] | None = ...,
         request_id: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+        rejected: Global___BatchRejected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rejected", b"rejected", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rejected", b"rejected", "request_id", b"request_id", "results", b"results", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

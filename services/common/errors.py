@@ -1,0 +1,12 @@
+"""The one root of vsbench's domain errors.
+
+Process edges (the CLI, each server's `main`) catch `VsbenchError` alone and print one line: it
+means "the input, the configuration or a service outside us is wrong, and here is what to do".
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class VsbenchError(Exception):
+    """A problem the user can act on; its message is the whole story (no traceback needed)."""
