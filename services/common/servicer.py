@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Protocol, Sequence
+from typing import AsyncIterator, Protocol, Sequence, runtime_checkable
 
 import grpc
 
 from services.common import metrics, wire
 from services.common.proto.vsbench.v1 import embedding_pb2 as pb
 from services.common.proto.vsbench.v1 import embedding_pb2_grpc as pb_grpc
-from services.common.types import Embedding, ImageItem, ModelInfo
+from services.common.types import CallUsage, Embedding, ImageItem, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,16 @@ class AsyncEmbedder(Protocol):
     async def embed(self, items: Sequence[ImageItem]) -> list[Embedding]: ...
 
 
+@runtime_checkable
+class BilledEmbedder(Protocol):
+    """A model whose calls cost something (the api_proxy): each call also says what it cost, and
+    the servicer puts that on the response so a run adds up its own usage."""
+
+    def info(self) -> ModelInfo: ...
+
+    async def embed_billed(self, items: Sequence[ImageItem]) -> tuple[list[Embedding], CallUsage]: ...
+
+
 # A stream may have this many batches being processed at once; later batches wait in gRPC's
 # own flow control, so a fast client cannot make the server buffer without bound.
 STREAM_WINDOW = 4
@@ -44,6 +54,7 @@ class EmbeddingServicer(pb_grpc.EmbedderServicer):
         self._info = model.info()
         self._info_pb = wire.info_to_pb(self._info)
         self._stream_window = stream_window
+        self._billed = isinstance(model, BilledEmbedder)
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         # Optional hook: a model with counters that change while serving (the api_proxy's usage)
@@ -63,7 +74,13 @@ class EmbeddingServicer(pb_grpc.EmbedderServicer):
         items = wire.request_from_pb(request)
         if self._info.max_batch and len(items) > self._info.max_batch:
             raise ValueError(f"batch of {len(items)} items exceeds max_batch {self._info.max_batch}")
-        results = await self._model.embed(items) if items else []
+        usage = None
+        if not items:
+            results = []
+        elif self._billed:
+            results, usage = await self._model.embed_billed(items)
+        else:
+            results = await self._model.embed(items)
         if len(results) != len(items) or any(r.id != i.id for r, i in zip(results, items)):
             raise RuntimeError("model returned results that do not match the request items")
         failed = 0
@@ -75,7 +92,7 @@ class EmbeddingServicer(pb_grpc.EmbedderServicer):
         metrics.ITEMS.labels(name, "error").inc(failed)
         metrics.LATENCY.labels(name, method).observe(time.perf_counter() - started)
         metrics.REQUESTS.labels(name, method, "OK").inc()
-        return wire.response_to_pb(results, request_id=request.request_id)
+        return wire.response_to_pb(results, request_id=request.request_id, usage=usage)
 
     async def _abort_for(self, exc: BaseException, method: str, context: grpc.aio.ServicerContext) -> None:
         if isinstance(exc, Overloaded):
