@@ -115,8 +115,11 @@ class CallUsage:
     retries: int = 0
     rate_limited: int = 0
     cost_usd: float | None = 0.0
+    # How many server answers carried usage: 0 means the service reports none (an embedder).
+    reported: int = 0
 
     def add(self, other: "CallUsage") -> None:
+        self.reported += max(1, other.reported)
         self.billed_images += other.billed_images
         self.cached_images += other.cached_images
         self.requests += other.requests

@@ -14,8 +14,26 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+from services.common.errors import VsbenchError
+
+
+class _CommandGroup(TyperGroup):
+    """The process edge of every command: a domain error (VsbenchError) ends in one line on
+    stderr and exit status 2; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VsbenchError as exc:
+            logging.getLogger(__name__).debug("command failed", exc_info=True)
+            sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
+            ctx.exit(2)
+
 
 app = typer.Typer(
+    cls=_CommandGroup,
     help="Benchmark image embedding models for instance-level product identification.",
     no_args_is_help=True,
     add_completion=False,
@@ -64,71 +82,102 @@ def score(
     queries: Optional[Path] = typer.Option(None, "--queries", help="NPZ of queries; omit for intra retrieval"),
     k: str = typer.Option("1,5", "--k", help="Recall@K cut-offs, comma-separated"),
     map_k: str = typer.Option("20", "--map-k", help="mAP@K cut-offs, comma-separated"),
-    out: Path = typer.Option(..., "--out", help="results JSON to write (a .queries.jsonl is written beside it)"),
+    out: Path = typer.Option(..., "--out", help="run record JSON to write (a .queries.jsonl is written beside it)"),
+    dataset_name: Optional[str] = typer.Option(None, "--dataset", help="dataset name in the record (default: gallery file name)"),
+    model_name: Optional[str] = typer.Option(None, "--model", help="model name in the record (default: gallery file name)"),
     unanswerable_as_miss: bool = typer.Option(False, help="score queries without relevant items as misses"),
     engine: str = typer.Option("auto", help="search engine: auto (torch if installed), torch, numpy"),
 ) -> None:
-    """Score precomputed embeddings (exact search, Recall@K and mAP@K, in percent)."""
-    from services.evaluator.precomputed import InputError, load_npz, score_sets
+    """Score precomputed embeddings (exact search, Recall@K and mAP@K, in percent).
+
+    Writes a run record that `vsbench table` and `vsbench report` read."""
+    from services.evaluator.pipeline import Evaluation, EvaluationOptions
+    from services.evaluator.precomputed import open_npz_inputs
 
     recall_k, map_ks = _parse_ks(k, "--k"), _parse_ks(map_k, "--map-k")
     _check_engine(engine)
+    if out.exists():
+        _fail(f"{out} already exists; results are never overwritten")
+    inputs = open_npz_inputs(gallery, queries, dataset_name=dataset_name, model_name=model_name)
+    options = EvaluationOptions(
+        recall_k=recall_k, map_k=map_ks, engine=engine, unanswerable_as_miss=unanswerable_as_miss, show_progress=False
+    )
     try:
-        gallery_set = load_npz(gallery, "gallery")
-        query_set = load_npz(queries, "queries") if queries is not None else None
-        summary, outcomes = score_sets(
-            gallery_set, query_set, recall_k=recall_k, map_k=map_ks,
-            unanswerable_as_miss=unanswerable_as_miss, engine=engine,
+        outcome = Evaluation(inputs.store, out.parent, options).run(
+            inputs.dataset, inputs.client, inputs.model_name, embed=False, out=out
         )
-    except InputError as exc:
-        _fail(str(exc))
-        return
-    inputs = {"gallery": str(gallery), "queries": str(queries) if queries else None}
-    _write_score(out, {"schema": "vsbench.score/v1", "inputs": inputs, **summary}, outcomes)
+    finally:
+        inputs.store.close()
+    _print_record(outcome.result)
+
+
+def _print_record(result) -> None:
+    record = result.record
+    if not result.ok:
+        sys.stderr.write(f"error: {record.failure} (record: {result.path})\n")
+        raise typer.Exit(code=1)
+    metrics = ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} n/a"
+                        for name, value in record.metrics.items())
+    q = record.queries
+    console.print(f"{metrics}  ({q.scored} queries scored, {q.unanswerable} unanswerable) -> {result.path}",
+                  highlight=False)
 
 
 @app.command("score-ilias")
 def score_ilias(
     features: Path = typer.Argument(..., exists=True, file_okay=False, help="folder of ILIAS's official HDF5 features"),
-    out: Path = typer.Option(..., "--out", help="results JSON to write (a .queries.jsonl is written beside it)"),
+    out: Path = typer.Option(..., "--out", help="run record JSON to write (a .queries.jsonl is written beside it)"),
     k: str = typer.Option("1,5", "--k", help="Recall@K cut-offs"),
     map_k: str = typer.Option("20,1000", "--map-k", help="mAP@K cut-offs (ILIAS's own metric is mAP@1000)"),
     max_distractors: Optional[int] = typer.Option(None, help="use only the first N distractors"),
     mini_ids: Optional[Path] = typer.Option(None, help="id list selecting distractors (e.g. mini-ILIAS 5M)"),
+    model_name: Optional[str] = typer.Option(None, "--model", help="model name in the record (default: the folder name)"),
     engine: str = typer.Option("auto", help="search engine: auto, torch, numpy"),
 ) -> None:
     """Score published ILIAS features (features_image_queries / positives / distractors_*.hdf5)."""
-    from services.evaluator.datasets.base import DatasetError
     from services.evaluator.precomputed import score_ilias_features
 
     _check_engine(engine)
-    try:
-        summary, outcomes = score_ilias_features(
-            features, recall_k=_parse_ks(k, "--k"), map_k=_parse_ks(map_k, "--map-k"),
-            max_distractors=max_distractors, selected_ids=mini_ids, engine=engine,
-        )
-    except DatasetError as exc:
-        _fail(str(exc).splitlines()[0])
-        return
-    _write_score(out, {"schema": "vsbench.score/v1", "inputs": {"features": str(features)}, **summary}, outcomes)
+    if out.exists():
+        _fail(f"{out} already exists; results are never overwritten")
+    summary, outcomes = score_ilias_features(
+        features, recall_k=_parse_ks(k, "--k"), map_k=_parse_ks(map_k, "--map-k"),
+        max_distractors=max_distractors, selected_ids=mini_ids, engine=engine,
+    )
+    _print_record(_write_summary_record(summary, outcomes(), out, model_name or features.name))
 
 
-def _write_score(out: Path, summary: dict, outcomes) -> None:
-    from services.evaluator.results import QUERY_SCHEMA
+def _write_summary_record(summary: dict, outcomes, out: Path, model_name: str):
+    """A RunRecord from a scorer that works outside the embedding loop (ILIAS's published
+    features: no images, no embedding service)."""
+    from services.evaluator.pipeline import versions
+    from services.evaluator.record import (
+        DatasetRecord, GalleryCounts, ModelRecord, ProtocolRecord, QueryCounts, RunRecord,
+    )
+    from services.evaluator.results import new_run_id, now_iso, write_run
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    per_query = out.with_suffix(".queries.jsonl")
-    summary["per_query_file"] = per_query.name
-    with open(per_query, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps({"schema": QUERY_SCHEMA}) + "\n")
-        for outcome in outcomes():
-            handle.write(json.dumps(outcome.to_json()) + "\n")
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    metrics = ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} n/a"
-                        for name, value in summary["metrics"].items())
-    q = summary["queries"]
-    console.print(f"{metrics}  ({q['scored']} queries scored, {q['unanswerable']} unanswerable) -> {out}",
-                  highlight=False)
+    dataset = summary["dataset"]
+    record = RunRecord(
+        run_id=new_run_id(),
+        created=now_iso(),
+        dataset=DatasetRecord(
+            name=dataset["name"], setup=summary["protocol"]["setup"], gallery_type=summary["protocol"]["gallery_type"],
+            description=dataset.get("description", ""), source=dataset.get("source", {}),
+        ),
+        model=ModelRecord(
+            name=model_name, dim=int(summary.get("model", {}).get("dim", 0)), backend="precomputed",
+            preprocessing=summary.get("model", {}).get("preprocessing", "as in the feature files"),
+            dtype=summary.get("model", {}).get("dtype", "float32"),
+        ),
+        protocol=ProtocolRecord(**summary["protocol"]),
+        metrics=summary["metrics"],
+        queries=QueryCounts(**summary["queries"]),
+        gallery=GalleryCounts(**summary["gallery"]),
+        timings=summary.get("timings", {}),
+        breakdowns=summary.get("breakdowns"),
+        versions=versions(),
+    )
+    return write_run(out.parent, record, outcomes, path=out)
 
 
 # ---- tables and report ------------------------------------------------------------------------
@@ -142,14 +191,10 @@ def table(
     from services.evaluator.results import load_results
     from services.evaluator.tables import render_table
 
-    runs = load_results(results_dir)
+    runs = [run for run in load_results(results_dir, on_skip=_skipped) if run.ok]
     if not runs:
-        _fail(f"no vsbench result files under {results_dir}")
-    try:
-        text = render_table(runs, fmt)
-    except ValueError as exc:
-        _fail(str(exc))
-        return
+        _fail(f"no vsbench run records with metrics under {results_dir}")
+    text = render_table(runs, fmt)
     if out:
         out.write_text(text)
         console.print(f"wrote {out}")
@@ -163,14 +208,10 @@ def report(
     out: Path = typer.Option(..., "--out", help="folder for the static site"),
 ) -> None:
     """Build the static report site (leaderboard, statistics, dataset pages, model cards, failures)."""
-    from services.evaluator.report import SiteError, build_site
+    from services.evaluator.report import build_site
     from services.evaluator.runner import dataset_image_resolver
 
-    try:
-        index = build_site(results_dir, out, image_resolver=dataset_image_resolver(results_dir))
-    except SiteError as exc:
-        _fail(str(exc))
-        return
+    index = build_site(results_dir, out, image_resolver=dataset_image_resolver(results_dir))
     console.print(f"report written: {index}", highlight=False)
 
 
@@ -188,14 +229,16 @@ def run(
     unanswerable_as_miss: Optional[bool] = typer.Option(
         None, "--unanswerable-as-miss/--exclude-unanswerable", help="override the config's unanswerable rule"
     ),
+    reembed: bool = typer.Option(
+        False, "--reembed", help="replace stored vectors that another model fingerprint made (default: refuse)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Run datasets x models end to end from a config (servers by address, or in-process)."""
     import yaml
     from pydantic import ValidationError
 
-    from services.evaluator.clients.base import EmbeddingServiceError
-    from services.evaluator.config import RunSpec, ShardSpec
+    from services.evaluator.config import RunSpec, ShardEntry
     from services.evaluator.runner import run_spec
 
     if embed_only and score_only:
@@ -203,24 +246,22 @@ def run(
     try:
         spec = RunSpec.from_yaml(config)
         if shard_index is not None or shard_count is not None:
-            spec.shard = ShardSpec(index=shard_index or 0, count=shard_count or 1)
-        overrides = {"search": search, "unanswerable_as_miss": unanswerable_as_miss}
+            spec.shard = ShardEntry(index=shard_index or 0, count=shard_count or 1)
+        overrides = {"search": search, "unanswerable_as_miss": unanswerable_as_miss, "reembed": reembed or None}
         spec = RunSpec.model_validate(
             {**spec.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
         )
-    except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
+    except (ValidationError, OSError, yaml.YAMLError) as exc:
         _fail(f"{config}: {' '.join(str(exc).split())}")
         return
-    try:
-        runs = run_spec(spec, embed=not score_only, score=not embed_only, console=console, show_progress=not quiet)
-    except (ValueError, OSError, EmbeddingServiceError) as exc:
-        # DatasetError / StoreError are ValueErrors: a bad manifest, path or service is the user's
-        # input problem; what was embedded before the failure is already stored (a rerun resumes).
-        logging.getLogger(__name__).debug("run failed", exc_info=True)
-        _fail(" ".join(str(exc).split()))
-        return
-    for run_result in runs:
-        console.print(f"wrote {run_result.path}", highlight=False)
+    outcomes = run_spec(spec, embed=not score_only, score=not embed_only, console=console, show_progress=not quiet)
+    for outcome in outcomes:
+        if outcome.result is not None:
+            console.print(f"wrote {outcome.result.path}", highlight=False)
+    failed = sum(outcome.failed for outcome in outcomes)
+    if failed:
+        sys.stderr.write(f"error: {failed} of {len(outcomes)} runs failed (see above); stored vectors are kept\n")
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -229,27 +270,35 @@ def embed(
     images: Path = typer.Option(..., "--images", exists=True, help="a folder of images or a dataset manifest"),
     out: Path = typer.Option(..., "--out", help="NPZ to write (the `vsbench score` format)"),
     batch_size: int = typer.Option(32, help="images per request"),
+    reembed: bool = typer.Option(False, "--reembed", help="replace an OUT made by another model fingerprint"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Embed images through a server into the NPZ format `vsbench score` reads.
 
     A dataset with a query split (folder layout with query/, or an inter manifest) gives two files:
-    OUT (gallery) and OUT's name with .queries.npz (queries).
+    OUT (gallery) and OUT's name with .queries.npz (queries). Interrupted, it keeps what arrived
+    (in OUT's .partial folder) and a rerun embeds only the rest.
     """
     from services.evaluator.runner import embed_to_npz
+    from services.evaluator.stores.npz import queries_path_for
 
-    written, errors = embed_to_npz(server, images, out, batch_size=batch_size, show_progress=not quiet)
-    for path, rows in written.items():
-        console.print(f"wrote {rows} embeddings to {path}", highlight=False)
-    if errors:
-        console.print(f"{len(errors)} images failed:")
-    for error in errors[:20]:
+    outcome = embed_to_npz(server, images, out, batch_size=batch_size, show_progress=not quiet, reembed=reembed)
+    report = outcome.report
+    console.print(
+        f"embedded {report.embedded}, already stored {report.already_stored}, errors {len(report.errors)} -> {out}",
+        highlight=False,
+    )
+    for error in report.errors[:20]:
         console.print(f"  {error['image_id']}: {error['code']}: {error['message']}", highlight=False)
-    if len(written) == 2:
-        gallery, queries = written
-        console.print(f"score them with: vsbench score --gallery {gallery} --queries {queries} --out results.json",
+    if len(report.errors) > 20:
+        console.print(f"  ... and {len(report.errors) - 20} more", highlight=False)
+    if report.failure:
+        sys.stderr.write(f"error: {report.failure}; what arrived is kept, rerun to resume\n")
+        raise typer.Exit(code=1)
+    if queries_path_for(out).exists():
+        console.print(f"score them with: vsbench score --gallery {out} --queries {queries_path_for(out)} --out results.json",
                       highlight=False)
-    if not any(written.values()):
+    if report.embedded + report.already_stored == 0:
         raise typer.Exit(code=1)
 
 
@@ -278,14 +327,10 @@ def export_triton_command(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="compare onnxruntime with the local backend"),
 ) -> None:
     """Write a Triton model repository (ONNX, config.pbtxt, TensorRT notes); see docs/triton.md."""
-    from services.embedder.backends.registry import UnknownModelError
-    from services.embedder.export_triton import ExportError, export_triton
+    from services.embedder.export_triton import export_triton
 
-    try:
-        result = export_triton(model, out, max_batch=max_batch, instance_kind=instance_kind,
-                               instance_count=instance_count, weights=weights, verify=verify)
-    except (UnknownModelError, ExportError, ValueError, FileNotFoundError, ImportError) as exc:
-        _fail(str(exc))
+    result = export_triton(model, out, max_batch=max_batch, instance_kind=instance_kind,
+                           instance_count=instance_count, weights=weights, verify=verify)
     console.print(result.summary(), highlight=False, soft_wrap=True)
     console.print(f"wrote {result.model_dir} and {result.readme_path}", highlight=False, soft_wrap=True)
 
@@ -316,6 +361,10 @@ def list_models() -> None:
         table.add_row(spec.name, spec.kind, str(spec.dim or "from weights"), spec.pooling, spec.weights or "--weights",
                       spec.describe_preprocessing())
     Console().print(table)
+
+
+def _skipped(message: str) -> None:
+    sys.stderr.write(f"skipped: {message}\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""RunSpec: what `vsbench run CONFIG.yaml` evaluates (datasets x models), validated by pydantic."""
+"""RunSpec: what `vsbench run CONFIG.yaml` evaluates (datasets x models), validated by pydantic.
+
+Entries are named for what they are in the config file (DatasetEntry, ModelEntry, ...), apart
+from the embedder's registered model specs and the api_proxy's vendor model specs."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class DatasetSpec(BaseModel):
+class DatasetEntry(BaseModel):
+    """One dataset of a run config."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str
@@ -17,16 +22,27 @@ class DatasetSpec(BaseModel):
     path: Path
     group: str = Field("public", description="leaderboard grouping, e.g. public / private")
     options: dict[str, Any] = Field(default_factory=dict)
+    # Per-dataset cut-offs (e.g. ILIAS's mAP@1000 beside SOP's mAP@20); default: the run's.
+    k: list[int] | None = None
+    map_k: list[int] | None = None
+
+    @field_validator("k", "map_k")
+    @classmethod
+    def _positive(cls, values: list[int] | None) -> list[int] | None:
+        return None if values is None else _positive_ks(values)
 
 
-class ModelSpec(BaseModel):
-    """A model reached over gRPC (`server`) or loaded in this process (`inprocess`)."""
+class ModelEntry(BaseModel):
+    """One model of a run config: reached over gRPC (`server`) or loaded in this process
+    (`inprocess`), either a registry name or a definition from `kind` + `options`."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     server: str | None = Field(None, description="host:port of an Embedder server")
     inprocess: bool = False
+    kind: str | None = Field(None, description="in-process only: a backend kind defining the model (with `options`)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the backend kind's typed options")
     weights: Path | None = None
     device: str = "cpu"
     group: str = Field("general", description="leaderboard grouping, e.g. general / domain-specific / commercial")
@@ -37,26 +53,29 @@ class ModelSpec(BaseModel):
     max_in_flight: int = 4
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelSpec":
+    def _one_source(self) -> "ModelEntry":
         if bool(self.server) == self.inprocess:
             raise ValueError(f"model {self.name!r}: give exactly one of `server: host:port` or `inprocess: true`")
+        if (self.kind is not None or self.options) and not self.inprocess:
+            raise ValueError(f"model {self.name!r}: `kind`/`options` define an in-process model; serve it with "
+                             "`python -m services.embedder --kind ... --options ...` to reach it by `server`")
         return self
 
 
-class StoreSpec(BaseModel):
+class StoreEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["qdrant-edge", "qdrant-server", "qdrant-local"] = "qdrant-edge"
+    kind: Literal["qdrant-edge", "qdrant-server", "qdrant-local", "npz"] = "qdrant-edge"
     path: Path | None = None
     url: str | None = None
 
 
-class ShardSpec(BaseModel):
+class ShardEntry(BaseModel):
     index: int = Field(0, ge=0)
     count: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _in_range(self) -> "ShardSpec":
+    def _in_range(self) -> "ShardEntry":
         if self.index >= self.count:
             raise ValueError(f"shard index {self.index} must be < count {self.count}")
         return self
@@ -66,21 +85,21 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     results_dir: Path = Path("results")
-    store: StoreSpec = Field(default_factory=StoreSpec)
+    store: StoreEntry = Field(default_factory=StoreEntry)
     search: Literal["matmul", "qdrant"] = "matmul"
     k: list[int] = Field(default_factory=lambda: [1, 5])
     map_k: list[int] = Field(default_factory=lambda: [20])
     unanswerable_as_miss: bool = False
-    datasets: list[DatasetSpec]
-    models: list[ModelSpec]
-    shard: ShardSpec = Field(default_factory=ShardSpec)
+    # Replace stored vectors that another model fingerprint made (default: refuse such a run).
+    reembed: bool = False
+    datasets: list[DatasetEntry]
+    models: list[ModelEntry]
+    shard: ShardEntry = Field(default_factory=ShardEntry)
 
     @field_validator("k", "map_k")
     @classmethod
     def _positive(cls, values: list[int]) -> list[int]:
-        if not values or any(v < 1 for v in values):
-            raise ValueError("K values must be positive integers")
-        return sorted(set(values))
+        return _positive_ks(values)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "RunSpec":
@@ -106,6 +125,12 @@ class RunSpec(BaseModel):
             if model.weights is not None:
                 model.weights = _resolve(base, model.weights)
         return spec
+
+
+def _positive_ks(values: list[int]) -> list[int]:
+    if not values or any(v < 1 for v in values):
+        raise ValueError("K values must be positive integers")
+    return sorted(set(values))
 
 
 def _resolve(base: Path, path: Path) -> Path:

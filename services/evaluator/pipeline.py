@@ -1,9 +1,10 @@
-"""The one place that wires dataset -> embedding client -> vector store -> exact search -> metrics
--> result files. Everything it talks to is a seam (Dataset, EmbeddingClient, VectorStore)."""
+"""The one evaluation loop: dataset -> embedding client -> vector store -> exact search -> metrics
+-> one RunRecord. `vsbench run`, `quickstart`, `embed` (into an NPZ store) and `score` (from NPZ
+files) all go through `Evaluation.run`. Everything it talks to is a seam (Dataset,
+EmbeddingClient, VectorStore)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -11,16 +12,26 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from services.common.types import ErrorCode, ImageItem, ModelInfo
-from services.evaluator.clients.base import EmbeddingClient
+from services.common.types import CallUsage, ErrorCode, ImageItem, ModelInfo
+from services.evaluator.clients.base import EmbeddingClient, EmbeddingServiceError
 from services.evaluator.datasets.base import Dataset, ImageRecord, Setup
-from services.evaluator.results import RunResult, path_segment, write_run
+from services.evaluator.record import (
+    DatasetRecord,
+    GalleryCounts,
+    ItemErrorRecord,
+    ModelRecord,
+    ProtocolRecord,
+    QueryCounts,
+    RunRecord,
+    UsageRecord,
+)
+from services.evaluator.results import RunResult, new_run_id, now_iso, path_segment, write_run
 from services.evaluator.scoring import LabelIndex, iter_outcomes, protocol_record, score_topk
-from services.evaluator.search import TopK, exact_topk, resolve_engine
+from services.evaluator.search import TopK, exact_topk, l2_normalize, resolve_engine
 from services.evaluator.stores.base import VectorStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,8 @@ class EvaluationOptions:
     engine: str = "auto"
     unanswerable_as_miss: bool = False
     show_progress: bool = True
+    # Replace a collection whose vectors came from another model fingerprint (else: refuse).
+    reembed: bool = False
 
 
 @dataclass
@@ -48,17 +61,35 @@ class EmbedReport:
     embedded: int = 0
     errors: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    usage: CallUsage = field(default_factory=CallUsage)
+    # Set when the embedding service failed for good part-way (what arrived is stored).
+    failure: str | None = None
 
     @property
     def images_per_s(self) -> float | None:
         return round(self.embedded / self.seconds, 3) if self.seconds > 0 and self.embedded else None
 
 
+@dataclass
+class RunOutcome:
+    """What `Evaluation.run` did: the embedding pass (None when not asked) and the written record
+    (None when scoring was not asked). A record with status "failed" says why in `failure`."""
+
+    report: EmbedReport | None
+    result: RunResult | None
+
+    @property
+    def failed(self) -> bool:
+        return (self.result is not None and not self.result.ok) or (
+            self.report is not None and self.report.failure is not None
+        )
+
+
 def collection_name(dataset: str, model: str) -> str:
     return f"{path_segment(dataset)}__{path_segment(model)}"
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -90,20 +121,54 @@ class Evaluation:
         self.results_dir = Path(results_dir)
         self.options = options or EvaluationOptions()
 
-    # ---- embedding -----------------------------------------------------------------------
-    def embed(
+    # ---- the loop ------------------------------------------------------------------------
+    def run(
         self,
         dataset: Dataset,
         client: EmbeddingClient,
         model_name: str | None = None,
+        *,
+        embed: bool = True,
+        score: bool = True,
         records: Sequence[ImageRecord] | None = None,
-    ) -> EmbedReport:
-        """Embed every image of `records` (default: the whole dataset) not yet stored."""
+        extra: dict | None = None,
+        out: Path | None = None,
+    ) -> RunOutcome:
+        """Embed what is not stored yet (missing files are listed and skipped), then score and
+        write one RunRecord (to `out` when given, else under results_dir).
+
+        `records` limits the embedding pass (a shard); scoring always covers the whole dataset.
+        A service that fails for good part-way, or a run in which no gallery image got a vector,
+        still writes a record: status "failed", the per-image errors, and why."""
         info = client.info()
         model_name = model_name or info.name
+        missing = dataset.missing(records)
+        if missing:
+            log.warning("%s: %d image files are missing; the run goes on without them", dataset.name, len(missing))
+        report = None
+        if embed:
+            missing_ids = {r.image_id for r in missing}
+            todo = [r for r in (dataset.records if records is None else records) if r.image_id not in missing_ids]
+            report = self._embed(dataset, client, info, model_name, todo)
+        if not score:
+            return RunOutcome(report, None)
+        result = self._score(dataset, info, model_name, report=report, missing=missing, extra=extra, out=out)
+        return RunOutcome(report, result)
+
+    # ---- embedding -----------------------------------------------------------------------
+    def _open_collection(self, dataset: Dataset, info: ModelInfo, model_name: str) -> str:
         collection = collection_name(dataset.name, model_name)
-        self.store.ensure_collection(collection, info.dim)
-        records = list(dataset.records if records is None else records)
+        if self.options.reembed:
+            log.warning("%s: --reembed: dropping stored vectors and embedding afresh", collection)
+            self.store.drop_collection(collection)
+        # Refuses (FingerprintMismatch) when the stored vectors came from another model.
+        self.store.ensure_collection(collection, info.dim, info.fingerprint)
+        return collection
+
+    def _embed(
+        self, dataset: Dataset, client: EmbeddingClient, info: ModelInfo, model_name: str, records: Sequence[ImageRecord]
+    ) -> EmbedReport:
+        collection = self._open_collection(dataset, info, model_name)
         report = EmbedReport(requested=len(records))
         stored = self._stored_ids(collection, [r.image_id for r in records])
         todo = [r for r in records if r.image_id not in stored]
@@ -127,20 +192,18 @@ class Evaluation:
         def flush() -> None:
             if not buffer_ids:
                 return
-            vectors = np.stack(buffer_vectors).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             payloads = [_payload(by_id[i], dataset.name, model_name) for i in buffer_ids]
-            self.store.upsert(collection, list(buffer_ids), vectors, payloads)
+            self.store.upsert(collection, list(buffer_ids), np.stack(buffer_vectors), payloads)
             report.embedded += len(buffer_ids)
             buffer_ids.clear()
             buffer_vectors.clear()
 
         started = time.perf_counter()
-        with _progress(self.options.show_progress) as progress:
+        with progress_bar(self.options.show_progress) as progress:
             task = progress.add_task(f"embed {dataset.name} / {model_name}", total=len(todo)) if progress else None
             try:
                 received: set[str] = set()
-                for embedding in client.embed(items()):
+                for embedding in client.embed(items(), usage=report.usage):
                     record = by_id.get(embedding.id)
                     if record is None or embedding.id in received:
                         # Only a faulty server answers an id we did not send, or one id twice.
@@ -150,48 +213,100 @@ class Evaluation:
                     received.add(embedding.id)
                     if embedding.error is not None:
                         report.errors.append(_error(record, embedding.error.code.name, embedding.error.message))
-                    elif (invalid := _vector_problem(embedding.vector, info.dim)) is not None:
-                        report.errors.append(_error(record, ErrorCode.INVALID_OUTPUT.name, invalid))
                     else:
-                        buffer_ids.append(embedding.id)
-                        buffer_vectors.append(embedding.vector)
-                        if len(buffer_ids) >= UPSERT_BATCH:
-                            flush()
+                        vector, problem = normalized_vector(embedding.vector, info.dim)
+                        if problem is not None:
+                            report.errors.append(_error(record, ErrorCode.INVALID_OUTPUT.name, problem))
+                        else:
+                            buffer_ids.append(embedding.id)
+                            buffer_vectors.append(vector)
+                            if len(buffer_ids) >= UPSERT_BATCH:
+                                flush()
                     if progress:
                         progress.advance(task)
+            except EmbeddingServiceError as exc:
+                # What arrived is stored below; a rerun resumes from there instead of paying again.
+                report.failure = str(exc)
             finally:
-                # Whatever arrived is stored even when the service fails for good: a rerun resumes
-                # from there instead of paying for those images again.
                 flush()
                 report.seconds = time.perf_counter() - started
         return report
 
     # ---- scoring -------------------------------------------------------------------------
-    def score(
+    def _score(
         self,
         dataset: Dataset,
         info: ModelInfo,
-        model_name: str | None = None,
+        model_name: str,
         *,
-        embed_report: EmbedReport | None = None,
-        missing: Sequence[ImageRecord] = (),
-        extra: dict | None = None,
+        report: EmbedReport | None,
+        missing: Sequence[ImageRecord],
+        extra: dict | None,
+        out: Path | None,
     ) -> RunResult:
-        """Score what the store holds for (dataset, model) and write the run's result files."""
         opts = self.options
         started = time.perf_counter()
-        model_name = model_name or info.name
         collection = collection_name(dataset.name, model_name)
+        stored_fp = self.store.collection_fingerprint(collection)
+        if report is None and stored_fp is not None:
+            from services.evaluator.stores._common import check_fingerprint
+
+            check_fingerprint(collection, stored_fp, info.fingerprint)  # score-only: same model only
         gallery_records = dataset.gallery()
         query_records = dataset.queries()
-
-        stored = self._stored_ids(collection, [r.image_id for r in gallery_records] + (
-            [] if dataset.setup is Setup.INTRA else [r.image_id for r in query_records]
-        ))
+        if stored_fp is None:
+            stored: set[str] = set()
+        else:
+            stored = self._stored_ids(collection, [r.image_id for r in gallery_records] + (
+                [] if dataset.setup is Setup.INTRA else [r.image_id for r in query_records]
+            ))
         gallery = [r for r in gallery_records if r.image_id in stored]
         queries = [r for r in query_records if r.image_id in stored]
-        if not gallery:
-            raise RuntimeError(f"{dataset.name} / {model_name}: no gallery image has a stored vector")
+        missing_ids = {r.image_id for r in missing}
+        errors = list(report.errors) if report else []
+        not_stored_queries = [r for r in query_records if r.image_id not in stored]
+        not_stored_gallery = [r for r in gallery_records if r.image_id not in stored]
+        record = RunRecord(
+            run_id=new_run_id(),
+            created=now_iso(),
+            dataset=DatasetRecord(
+                name=dataset.name, setup=dataset.setup.value, gallery_type=dataset.gallery_type.value,
+                description=dataset.description, counts=dataset.counts(), source=dict(dataset.source),
+            ),
+            model=_model_record(info, model_name),
+            missing_images=sorted(missing_ids),
+            errors=[ItemErrorRecord(**e) for e in errors],
+            # Only services that bill per call report usage (the api_proxy); an embedder reports none.
+            usage=UsageRecord(**report.usage.to_dict()) if report is not None and report.usage.reported else None,
+            versions=versions(),
+        )
+        record = _apply_extra(record, extra)
+        gallery_counts = GalleryCounts(
+            total=len(gallery_records),
+            indexed=len(gallery),
+            failed_to_embed=sum(r.image_id not in missing_ids for r in not_stored_gallery),
+            missing_files=sum(r.image_id in missing_ids for r in not_stored_gallery),
+        )
+        timings: dict[str, float | int | None] = {}
+        if report is not None:
+            timings.update(
+                embed_s=round(report.seconds, 4),
+                images_embedded=report.embedded,
+                images_already_stored=report.already_stored,
+                images_per_s=report.images_per_s,
+            )
+        failure = report.failure if report is not None else None
+        if failure is None and not gallery:
+            failure = f"no gallery image of {dataset.name} has a stored vector from {model_name}" + (
+                f" ({len(errors)} per-image errors, first: {errors[0]['code']}: {errors[0]['message']})" if errors else ""
+            )
+        if failure is not None:
+            record = record.model_copy(update={
+                "status": "failed", "failure": failure, "gallery": gallery_counts,
+                "timings": {**timings, "score_total_s": round(time.perf_counter() - started, 4)},
+            })
+            return write_run(self.results_dir, record, None, path=out)
+
         position = {r.image_id: i for i, r in enumerate(gallery)}
         labels = LabelIndex()
         gallery_codes = labels.encode([r.product_id for r in gallery])
@@ -202,14 +317,14 @@ class Evaluation:
             else None
         )
         depth = max(max(opts.recall_k), max(opts.map_k))
-        query_vectors = self._fetch_all(collection, [r.image_id for r in queries], info.dim)
+        query_vectors = l2_normalize(self._fetch_all(collection, [r.image_id for r in queries], info.dim))
 
         search_started = time.perf_counter()
         if opts.search == "qdrant":
             topk = self._search_qdrant(collection, query_vectors, queries, position, depth, dataset.setup)
             search_desc = "Qdrant exact search (SearchParams(exact=True), Distance.DOT)"
         else:
-            blocks = (block.vectors for block in self.store.fetch(collection, [r.image_id for r in gallery]))
+            blocks = (l2_normalize(block.vectors) for block in self.store.fetch(collection, [r.image_id for r in gallery]))
             topk = exact_topk(query_vectors, blocks, depth, exclude=exclude, engine=opts.engine)
             search_desc = f"exact blocked matmul over vectors read back from the store ({resolve_engine(opts.engine)})"
         search_s = time.perf_counter() - search_started
@@ -218,71 +333,29 @@ class Evaluation:
             topk, query_codes, gallery_codes, recall_k=opts.recall_k, map_k=opts.map_k,
             query_in_gallery=exclude, unanswerable_as_miss=opts.unanswerable_as_miss,
         )
-        missing_ids = {r.image_id for r in missing}
-        errors = list(embed_report.errors) if embed_report else []
-        failed_ids = {e["image_id"] for e in errors}
-        not_stored_queries = [r for r in query_records if r.image_id not in stored]
-        not_stored_gallery = [r for r in gallery_records if r.image_id not in stored]
-        queries_block = {
+        queries_counts = QueryCounts(
             **scores.queries,
-            "failed_to_embed": sum(r.image_id not in missing_ids for r in not_stored_queries),
-            "missing_files": sum(r.image_id in missing_ids for r in not_stored_queries),
-        }
+            failed_to_embed=sum(r.image_id not in missing_ids for r in not_stored_queries),
+            missing_files=sum(r.image_id in missing_ids for r in not_stored_queries),
+        )
         # Queries that never got a vector are not in `scores` at all; say so beside the total.
-        queries_block["total"] += len(not_stored_queries)
-        gallery_block = {
-            "total": len(gallery_records),
-            "indexed": len(gallery),
-            "failed_to_embed": sum(r.image_id not in missing_ids for r in not_stored_gallery),
-            "missing_files": sum(r.image_id in missing_ids for r in not_stored_gallery),
-            "distractors": int((gallery_codes < 0).sum()),
-        }
-        timings = {"search_s": round(search_s, 4)}
-        if embed_report is not None:
-            timings.update(
-                embed_s=round(embed_report.seconds, 4),
-                images_embedded=embed_report.embedded,
-                images_already_stored=embed_report.already_stored,
-                images_per_s=embed_report.images_per_s,
-            )
+        queries_counts.total += len(not_stored_queries)
+        gallery_counts.distractors = int((gallery_codes < 0).sum())
+        timings["search_s"] = round(search_s, 4)
         timings["score_total_s"] = round(time.perf_counter() - started, 4)
-        model_record = info.to_dict()
-        model_record["name"] = model_name
-        usage = _usage_from_info(info)
-        summary = {
-            "dataset": {
-                "name": dataset.name,
-                "setup": dataset.setup.value,
-                "gallery_type": dataset.gallery_type.value,
-                "description": dataset.description,
-                "counts": dataset.counts(),
-                "source": dict(dataset.source),
-            },
-            "model": model_record,
-            "protocol": protocol_record(
-                setup=dataset.setup.value, gallery_type=dataset.gallery_type.value, recall_k=opts.recall_k,
-                map_k=opts.map_k, search=search_desc, unanswerable_as_miss=opts.unanswerable_as_miss,
-            ),
-            "metrics": scores.metrics,
-            "queries": queries_block,
-            "gallery": gallery_block,
-            "missing_images": sorted(missing_ids),
-            "errors": errors,
-            "timings": timings,
-            "usage": usage,
-            "versions": versions(),
-        }
-        if extra:
-            for key, value in extra.items():
-                if isinstance(value, dict) and isinstance(summary.get(key), dict):
-                    summary[key].update(value)
-                else:
-                    summary[key] = value
+        protocol = ProtocolRecord(**protocol_record(
+            setup=dataset.setup.value, gallery_type=dataset.gallery_type.value, recall_k=opts.recall_k,
+            map_k=opts.map_k, search=search_desc, unanswerable_as_miss=opts.unanswerable_as_miss,
+        ))
+        record = record.model_copy(update={
+            "protocol": protocol, "metrics": scores.metrics, "queries": queries_counts,
+            "gallery": gallery_counts, "timings": timings,
+        })
         outcomes = iter_outcomes(
             scores, topk, [r.image_id for r in queries], [r.product_id for r in queries],
             [r.image_id for r in gallery], opts.map_k,
         )
-        return write_run(self.results_dir, summary, outcomes)
+        return write_run(self.results_dir, record, outcomes, path=out)
 
     def _stored_ids(self, collection: str, image_ids: Sequence[str]) -> set[str]:
         stored: set[str] = set()
@@ -308,21 +381,50 @@ class Evaluation:
                 scores[row, col] = hit.score
         return TopK(indices=indices, scores=scores)
 
-    # ---- both ----------------------------------------------------------------------------
-    def run(
-        self, dataset: Dataset, client: EmbeddingClient, model_name: str | None = None, extra: dict | None = None
-    ) -> RunResult:
-        """Embed what is not stored yet, then score. Missing files are listed and skipped."""
-        missing = dataset.missing()
-        if missing:
-            log.warning("%s: %d image files are missing; the run goes on without them", dataset.name, len(missing))
-        missing_ids = {r.image_id for r in missing}
-        report = self.embed(dataset, client, model_name, [r for r in dataset.records if r.image_id not in missing_ids])
-        if hasattr(client, "refresh_info"):
-            info = client.refresh_info()  # picks up usage counters from the api_proxy
+
+def normalized_vector(vector: np.ndarray | None, dim: int) -> tuple[np.ndarray | None, str | None]:
+    """(unit float32 vector, None) or (None, why it is unusable). The norm is taken in float64,
+    so 1e20 per element does not overflow into an all-zero vector; norms outside
+    [MIN_NORM, MAX_NORM] are refused rather than amplified or flattened."""
+    if vector is None:
+        return None, "no vector"
+    if vector.shape != (dim,):
+        return None, f"vector has shape {vector.shape}, model declares dim {dim}"
+    wide = np.asarray(vector, dtype=np.float64)
+    if not np.isfinite(wide).all():
+        return None, "vector has NaN or inf values"
+    norm = float(np.linalg.norm(wide))
+    if norm == 0.0:
+        return None, "zero vector"
+    if not MIN_NORM <= norm <= MAX_NORM:
+        return None, f"vector norm {norm:.3g} is outside [{MIN_NORM:g}, {MAX_NORM:g}]: not a usable embedding"
+    return (wide / norm).astype(np.float32), None
+
+
+# Embeddings have norms near 1 (normalised) or a few hundred at most; these bounds only catch
+# arithmetic garbage (underflow / overflow), never a real model's output.
+MIN_NORM = 1e-12
+MAX_NORM = 1e12
+
+
+def _model_record(info: ModelInfo, model_name: str) -> ModelRecord:
+    data = info.to_dict()
+    served_as = data.pop("name")
+    return ModelRecord(name=model_name, served_as=served_as, **data)
+
+
+def _apply_extra(record: RunRecord, extra: dict | None) -> RunRecord:
+    """Merge caller facts (leaderboard groups, dataset source details) into the record's sections;
+    validated again, so a misspelt key is refused rather than written."""
+    if not extra:
+        return record
+    data = record.model_dump(by_alias=True)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
         else:
-            info = client.info()
-        return self.score(dataset, info, model_name, embed_report=report, missing=missing, extra=extra)
+            data[key] = value
+    return RunRecord.model_validate(data)
 
 
 def _payload(record: ImageRecord, dataset: str, model: str) -> dict:
@@ -337,25 +439,3 @@ def _payload(record: ImageRecord, dataset: str, model: str) -> dict:
 
 def _error(record: ImageRecord, code: str, message: str) -> dict:
     return {"image_id": record.image_id, "split": record.split.value, "code": code, "message": message}
-
-
-def _vector_problem(vector: np.ndarray | None, dim: int) -> str | None:
-    if vector is None:
-        return "no vector"
-    if vector.shape != (dim,):
-        return f"vector has shape {vector.shape}, model declares dim {dim}"
-    if not np.isfinite(vector).all():
-        return "vector has NaN or inf values"
-    if not np.any(vector):
-        return "zero vector"
-    return None
-
-
-def _usage_from_info(info: ModelInfo) -> dict | None:
-    raw = info.details.get("usage") if info.details else None
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return {"raw": raw}

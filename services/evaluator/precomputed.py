@@ -1,8 +1,9 @@
-"""Scoring precomputed embeddings: the `vsbench score` contract other tools rely on.
+"""Precomputed embeddings: the `vsbench score` contract other tools rely on.
 
 NPZ keys: `embeddings` (N x D float), `ids` (N unique strings), `labels` (N strings; "" = distractor).
 Without a query file it is intra retrieval over the gallery (every labelled gallery image queries
-the rest). Inputs are L2-normalised here.
+the rest). The files are checked here, then scored by the one loop (Evaluation.run) through an
+NpzStore, which L2-normalises like every other run.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from services.common.errors import VsbenchError
+from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, ModelInfo
+from services.evaluator.datasets.base import Dataset, GalleryType, ImageRecord, Setup, Split
+from services.evaluator.stores.npz import NpzStore
 from services.evaluator.scoring import LabelIndex, iter_outcomes, protocol_record, score_topk
 from services.evaluator.search import exact_topk, l2_normalize, resolve_engine
 
@@ -83,70 +87,96 @@ def validate_set(emb: EmbeddingSet, *, labels_required: bool) -> np.ndarray:
     return l2_normalize(vectors)
 
 
-def score_sets(
-    gallery: EmbeddingSet,
-    queries: EmbeddingSet | None,
-    *,
-    recall_k: Sequence[int] = (1, 5),
-    map_k: Sequence[int] = (20,),
-    unanswerable_as_miss: bool = False,
-    engine: str = "auto",
-):
-    """Validate, search exactly, score. Returns (summary dict, outcome iterator factory)."""
-    started = time.perf_counter()
-    gallery_vectors = validate_set(gallery, labels_required=False)
-    labels = LabelIndex()
-    gallery_codes = labels.encode(gallery.labels)
-    if queries is None:
-        setup = "intra"
-        query_rows = np.flatnonzero(gallery_codes >= 0)
-        if query_rows.size == 0:
+class PrecomputedClient:
+    """The EmbeddingClient of vectors computed elsewhere: it describes them and embeds nothing
+    (every image it could be asked for is already in the files)."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        self._info = info
+
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def embed(self, items: Iterable[ImageItem], usage: CallUsage | None = None) -> Iterator[Embedding]:
+        for item in items:
+            yield Embedding.failed(item.id, ErrorCode.INVALID_IMAGE, "not in the precomputed embedding files")
+
+    def close(self) -> None:
+        return None
+
+
+class PrecomputedDataset(Dataset):
+    """Ids and labels of precomputed files: there are no image files behind the records."""
+
+    def missing(self, records=None) -> list[ImageRecord]:
+        return []
+
+    def read(self, record: ImageRecord) -> bytes:
+        raise InputError(f"{record.image_id}: precomputed embeddings have no image to read")
+
+
+@dataclass
+class NpzInputs:
+    """`vsbench score` inputs made ready for the one loop: a dataset of the files' ids and
+    labels, an NpzStore over the same files, and the client describing the vectors."""
+
+    dataset: Dataset
+    store: NpzStore
+    client: PrecomputedClient
+    model_name: str
+
+
+def open_npz_inputs(
+    gallery_path: Path, queries_path: Path | None, *, dataset_name: str | None = None, model_name: str | None = None
+) -> NpzInputs:
+    """Validate the files (one-line InputError naming the row) and describe them for the loop.
+    Without queries it is intra retrieval over the gallery (every labelled image queries the rest)."""
+    gallery = load_npz(gallery_path, "gallery")
+    validate_set(gallery, labels_required=False)
+    records = [ImageRecord(i, i, label, Split.GALLERY) for i, label in zip(gallery.ids, gallery.labels)]
+    if queries_path is None:
+        setup = Setup.INTRA
+        if not any(gallery.labels):
             raise InputError("gallery: no row has a label, so intra retrieval has no queries")
-        query_vectors = gallery_vectors[query_rows]
-        query_ids = [gallery.ids[i] for i in query_rows]
-        query_labels = [gallery.labels[i] for i in query_rows]
-        exclude = query_rows.astype(np.int64)
     else:
-        setup = "inter"
-        query_vectors = validate_set(queries, labels_required=True)
-        if query_vectors.shape[1] != gallery_vectors.shape[1]:
+        setup = Setup.INTER
+        queries = load_npz(queries_path, "queries")
+        validate_set(queries, labels_required=True)
+        if queries.vectors.shape[1] != gallery.vectors.shape[1]:
             raise InputError(
-                f"dimension mismatch: queries have {query_vectors.shape[1]} dims, gallery has {gallery_vectors.shape[1]}"
+                f"dimension mismatch: queries have {queries.vectors.shape[1]} dims, gallery has {gallery.vectors.shape[1]}"
             )
-        query_ids, query_labels = queries.ids, queries.labels
         # Inter splits must not overlap: a query also in the gallery would be its own top match.
-        gallery_id_set = set(gallery.ids)
-        shared = next((i for i in query_ids if i in gallery_id_set), None)
+        gallery_ids = set(gallery.ids)
+        shared = next((i for i in queries.ids if i in gallery_ids), None)
         if shared is not None:
             raise InputError(
                 f"queries: id {shared!r} is also a gallery id; inter retrieval needs disjoint splits "
                 "(omit --queries for intra retrieval over one set)"
             )
-        exclude = None
-    query_codes = labels.encode(query_labels)
-    depth = max(max(recall_k), max(map_k))
-    search_started = time.perf_counter()
-    topk = exact_topk(query_vectors, gallery_vectors, depth, exclude=exclude, engine=engine)
-    search_s = time.perf_counter() - search_started
-    scores = score_topk(
-        topk, query_codes, gallery_codes, recall_k=recall_k, map_k=map_k,
-        query_in_gallery=exclude, unanswerable_as_miss=unanswerable_as_miss,
+        records += [ImageRecord(i, i, label, Split.QUERY) for i, label in zip(queries.ids, queries.labels)]
+    name = dataset_name or gallery_path.name.removesuffix(".npz")
+    dataset = PrecomputedDataset(
+        name=name,
+        setup=setup,
+        gallery_type=GalleryType.OPEN if "" in gallery.labels else GalleryType.CLOSED,
+        records=records,
+        description="precomputed embeddings",
+        source={"format": "npz", "gallery": str(gallery_path), "queries": str(queries_path) if queries_path else ""},
     )
-    gallery_type = "open" if (gallery_codes < 0).any() else "closed"
-    summary = {
-        "metrics": scores.metrics,
-        "queries": scores.queries,
-        "protocol": protocol_record(
-            setup=setup, gallery_type=gallery_type, recall_k=recall_k, map_k=map_k,
-            search=f"exact blocked matmul ({resolve_engine(engine)})", unanswerable_as_miss=unanswerable_as_miss,
-        ),
-        "gallery": {"total": len(gallery.ids), "indexed": len(gallery.ids), "distractors": int((gallery_codes < 0).sum())},
-        "timings": {"search_s": round(search_s, 4), "total_s": round(time.perf_counter() - started, 4)},
-    }
-    def outcomes():
-        return iter_outcomes(scores, topk, query_ids, query_labels, gallery.ids, map_k)
-
-    return summary, outcomes
+    store = NpzStore.single(gallery_path, queries_path)
+    fingerprint = store.collection_fingerprint(name) or ""
+    info = ModelInfo(
+        name=model_name or name,
+        dim=int(gallery.vectors.shape[1]),
+        preprocessing="unknown: embeddings computed before scoring",
+        normalized=False,
+        revision="",
+        max_batch=0,
+        backend="precomputed",
+        fingerprint=fingerprint,
+    )
+    return NpzInputs(dataset=dataset, store=store, client=PrecomputedClient(info), model_name=model_name or name)
 
 
 def score_ilias_features(

@@ -2,11 +2,12 @@
 
 Layout under a results directory:
 
-    <results>/<dataset>/<model>/<run_id>.json          summary (schema "vsbench.result/v1")
+    <results>/<dataset>/<model>/<run_id>.json          a RunRecord (services/evaluator/record.py)
     <results>/<dataset>/<model>/<run_id>.queries.jsonl  one line per query
 
 Tables and the report site are built from these files only, never by re-running (CLIP_benchmark's
-idea). Names are sanitised into path segments; the JSON keeps the original names.
+idea). Names are sanitised into path segments; the JSON keeps the original names. `vsbench score
+--out FILE` writes the same record to a path of the user's choosing.
 """
 
 from __future__ import annotations
@@ -19,10 +20,20 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-SCHEMA = "vsbench.result/v1"
+from pydantic import ValidationError
+
+from services.common.errors import VsbenchError
+from services.evaluator.record import SCHEMA, SCHEMA_ID, RunRecord
+
 QUERY_SCHEMA = "vsbench.queries/v1"
+# Schemas of files written before the typed record: recognised so they get a clear message.
+OLD_SCHEMAS = ("vsbench.result/v1", "vsbench.score/v1")
+
+
+class ResultFormatError(VsbenchError, ValueError):
+    """A JSON file that is not a readable run record of this version; the message is one line."""
 
 
 def path_segment(name: str) -> str:
@@ -81,21 +92,18 @@ class QueryOutcome:
 
 @dataclass
 class RunResult:
-    """The summary JSON of one run, as a dict plus where it lies. `data` follows SCHEMA:
+    """One run's RunRecord plus where it lies. `data` is the record as JSON data (read-only use)."""
 
-    schema, run_id, created, dataset{name, setup, gallery_type, counts, source, group, description},
-    model{name, dim, dtype, preprocessing, normalized, revision, max_batch, backend, details, group},
-    protocol{setup, gallery_type, recall_k, map_k, tie_rule, normalization, similarity, search,
-             self_match, unanswerable},
-    metrics{"recall@1": %, "recall@5": %, "map@20": %, ...},
-    queries{total, scored, unanswerable, failed_to_embed, missing_files},
-    gallery{total, indexed, failed_to_embed, missing_files},
-    errors[{image_id, split, code, message}], timings{...}, usage{...}, versions{...},
-    per_query_file (relative name of the JSONL beside it, or null)
-    """
-
-    data: dict[str, Any]
+    record: RunRecord
     path: Path | None = None
+    data: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data = self.record.to_json_dict()
+
+    @property
+    def ok(self) -> bool:
+        return self.record.status == "ok"
 
     @property
     def dataset(self) -> str:
@@ -150,57 +158,98 @@ def _json_default(value: Any) -> Any:
 
 def write_run(
     results_dir: Path,
-    summary: dict[str, Any],
+    record: RunRecord,
     outcomes: Iterable[QueryOutcome] | None = None,
-    run_id: str | None = None,
+    *,
+    path: Path | None = None,
 ) -> RunResult:
     """Write a new run's files; refuses to overwrite (a clash means a run id was reused).
 
-    The per-query file is written first and the summary last, each through a temporary name, so a
-    summary JSON on disk always has its complete per-query file beside it.
+    Default place: <results_dir>/<dataset>/<model>/<run_id>.json; `path` puts the record exactly
+    there instead (`vsbench score --out`). The per-query file is written first and the record last,
+    each through a temporary name, so a record on disk always has its complete per-query file.
     """
-    run_id = run_id or summary.get("run_id") or new_run_id()
-    folder = Path(results_dir) / path_segment(summary["dataset"]["name"]) / path_segment(summary["model"]["name"])
-    folder.mkdir(parents=True, exist_ok=True)
-    summary_path = folder / f"{run_id}.json"
-    queries_path = folder / f"{run_id}.queries.jsonl"
+    if path is None:
+        folder = Path(results_dir) / path_segment(record.dataset.name) / path_segment(record.model.name)
+        summary_path = folder / f"{record.run_id}.json"
+    else:
+        summary_path = Path(path)
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    queries_path = summary_path.with_name(summary_path.name.removesuffix(".json") + ".queries.jsonl")
     if summary_path.exists() or queries_path.exists():
         raise FileExistsError(f"result {summary_path} already exists; results are never overwritten")
-    data = {"schema": SCHEMA, "run_id": run_id, **{k: v for k, v in summary.items() if k not in ("schema", "run_id")}}
-    data.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    per_query_file = None
     if outcomes is not None:
-        tmp = queries_path.with_suffix(".jsonl.tmp")
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(json.dumps({"schema": QUERY_SCHEMA, "run_id": run_id}) + "\n")
+        tmp = queries_path.with_name(queries_path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps({"schema": QUERY_SCHEMA, "run_id": record.run_id}) + "\n")
             for outcome in outcomes:
                 handle.write(json.dumps(outcome.to_json(), default=_json_default) + "\n")
         os.replace(tmp, queries_path)
-        data["per_query_file"] = queries_path.name
-    else:
-        data["per_query_file"] = None
-    tmp = summary_path.with_suffix(".json.tmp")
-    with open(tmp, "x", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=_json_default, allow_nan=False)
+        per_query_file = queries_path.name
+    record = record.model_copy(update={"per_query_file": per_query_file})
+    tmp = summary_path.with_name(summary_path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record.to_json_dict(), handle, indent=2, default=_json_default, allow_nan=False)
         handle.write("\n")
     os.replace(tmp, summary_path)
-    return RunResult(data=data, path=summary_path)
+    return RunResult(record=record, path=summary_path)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def load_run(path: Path) -> RunResult:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not a vsbench result (schema {data.get('schema')!r})")
-    return RunResult(data=data, path=Path(path))
+    """Read one run record; ResultFormatError (one line) for anything else."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultFormatError(f"{path}: not readable JSON ({exc})") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema in OLD_SCHEMAS:
+        raise ResultFormatError(
+            f"{path}: written by an older vsbench (schema {schema}); rerun the evaluation to get a "
+            f"{SCHEMA_ID} record"
+        )
+    if schema != SCHEMA_ID:
+        raise ResultFormatError(f"{path}: not a vsbench run record (schema {schema!r}, expected {SCHEMA_ID})")
+    try:
+        record = RunRecord.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ResultFormatError(f"{path}: invalid {SCHEMA_ID} record at {where}: {first['msg']}") from None
+    return RunResult(record=record, path=path)
 
 
-def load_results(results_dir: Path, latest_only: bool = True) -> list[RunResult]:
-    """Every run under a directory; with latest_only, the newest run per (dataset, model)."""
+def is_run_record_file(path: Path) -> bool:
+    """Cheap check that a JSON file claims to be a (possibly old) vsbench record."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return f'"{SCHEMA}' in head or any(f'"{old}"' in head for old in OLD_SCHEMAS)
+
+
+def load_results(
+    results_dir: Path, latest_only: bool = True, on_skip: Callable[[str], None] | None = None
+) -> list[RunResult]:
+    """Every run record under a directory; with latest_only, the newest run per (dataset, model).
+
+    JSON files that are not vsbench records are ignored; old or broken records are skipped and
+    reported through `on_skip` with one line each (default: ignored)."""
     runs = []
     for path in sorted(Path(results_dir).rglob("*.json")):
+        if not is_run_record_file(path):
+            continue
         try:
             runs.append(load_run(path))
-        except (ValueError, json.JSONDecodeError):
-            continue
+        except ResultFormatError as exc:
+            if on_skip is not None:
+                on_skip(str(exc))
     if not latest_only:
         return runs
     newest: dict[tuple[str, str], RunResult] = {}

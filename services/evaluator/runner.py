@@ -1,34 +1,38 @@
-"""Turns a RunSpec (or CLI arguments) into seam objects and hands them to the pipeline."""
+"""Turns a RunSpec (or CLI arguments) into seam objects and hands them to the one loop,
+`Evaluation.run`."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
-import numpy as np
+
 from rich.console import Console
 
+from services.common.errors import VsbenchError
 from services.evaluator.clients.base import EmbeddingClient
-from services.evaluator.config import DatasetSpec, ModelSpec, RunSpec, StoreSpec
-from services.evaluator.datasets.base import Dataset, Setup
-from services.evaluator.pipeline import Evaluation, EvaluationOptions
-from services.evaluator.results import RunResult
+from services.evaluator.config import DatasetEntry, ModelEntry, RunSpec, StoreEntry
+from services.evaluator.datasets.base import Dataset
+from services.evaluator.pipeline import Evaluation, EvaluationOptions, RunOutcome
 
 DEFAULT_STORE_PATH = Path(".vsbench") / "qdrant"
 
 
-def open_vector_store(spec: StoreSpec, results_dir: Path):
+class ConfigError(VsbenchError, ValueError):
+    """A run config that cannot be carried out as written (e.g. an unset token variable)."""
+
+
+def open_vector_store(spec: StoreEntry, results_dir: Path):
     from services.evaluator.stores.registry import open_store
 
     if spec.kind == "qdrant-server":
-        if not spec.url:
-            raise ValueError("store kind qdrant-server needs `url`")
         return open_store(spec.kind, url=spec.url)
     path = spec.path or (results_dir.parent / DEFAULT_STORE_PATH)
     return open_store(spec.kind, path=path)
 
 
-def load_dataset_spec(spec: DatasetSpec) -> Dataset:
+def load_dataset_spec(spec: DatasetEntry) -> Dataset:
     from services.evaluator.datasets.registry import load_dataset
 
     dataset = load_dataset(spec.format, spec.path, name=spec.name, **spec.options)
@@ -38,16 +42,21 @@ def load_dataset_spec(spec: DatasetSpec) -> Dataset:
     return dataset
 
 
-def make_client(spec: ModelSpec) -> EmbeddingClient:
+def make_client(spec: ModelEntry) -> EmbeddingClient:
     if spec.inprocess:
         from services.evaluator.clients.inprocess import InProcessEmbeddingClient
 
+        if spec.kind is not None:
+            from services.embedder.backends.registry import build_backend
+
+            backend = build_backend(spec.kind, spec.options, device=spec.device, max_batch=spec.batch_size or 32)
+            return InProcessEmbeddingClient(backend, batch_size=spec.batch_size, owns_backend=True)
         return InProcessEmbeddingClient(spec.name, weights=spec.weights, device=spec.device)
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
 
     token = os.environ.get(spec.auth_token_env) if spec.auth_token_env else None
     if spec.auth_token_env and not token:
-        raise ValueError(f"model {spec.name!r}: environment variable {spec.auth_token_env} is not set")
+        raise ConfigError(f"model {spec.name!r}: environment variable {spec.auth_token_env} is not set")
     tls_ca = spec.tls_ca.read_bytes() if spec.tls_ca else None
     return GrpcEmbeddingClient(
         spec.server, batch_size=spec.batch_size, max_in_flight=spec.max_in_flight,
@@ -57,117 +66,94 @@ def make_client(spec: ModelSpec) -> EmbeddingClient:
 
 def run_spec(
     spec: RunSpec, *, embed: bool = True, score: bool = True, console: Console | None = None, show_progress: bool = True
-) -> list[RunResult]:
+) -> list[RunOutcome]:
+    """Every dataset x model of a config through `Evaluation.run`. A model whose service fails
+    for good gets a failed record and the run goes on with the next one; the caller decides the
+    exit status from the outcomes."""
     from services.evaluator.sharding import select_shard
 
     console = console or Console(stderr=True)
-    options = EvaluationOptions(
-        recall_k=spec.k, map_k=spec.map_k, search=spec.search,
+    base = EvaluationOptions(
+        recall_k=spec.k, map_k=spec.map_k, search=spec.search, reembed=spec.reembed,
         unanswerable_as_miss=spec.unanswerable_as_miss, show_progress=show_progress,
     )
     store = open_vector_store(spec.store, spec.results_dir)
-    evaluation = Evaluation(store, spec.results_dir, options)
-    runs: list[RunResult] = []
+    outcomes: list[RunOutcome] = []
     try:
         for dataset_spec in spec.datasets:
             dataset = load_dataset_spec(dataset_spec)
             dataset.validate()
-            missing = dataset.missing()
-            if missing:
-                console.print(f"[yellow]{dataset.name}: {len(missing)} image files missing; going on without them[/]")
-            missing_ids = {r.image_id for r in missing}
-            present = [r for r in dataset.records if r.image_id not in missing_ids]
+            options = replace(base, recall_k=dataset_spec.k or base.recall_k, map_k=dataset_spec.map_k or base.map_k)
+            evaluation = Evaluation(store, spec.results_dir, options)
+            shard = select_shard(dataset.records, spec.shard.index, spec.shard.count)
             for model_spec in spec.models:
-                client = make_client(model_spec)
-                try:
+                with _closing(make_client(model_spec)) as client:
                     extra = {"model": {"group": model_spec.group}, "dataset": {"group": dataset_spec.group}}
-                    report = None
-                    if embed:
-                        records = select_shard(present, spec.shard.index, spec.shard.count)
-                        report = evaluation.embed(dataset, client, model_spec.name, records)
-                        console.print(
-                            f"{dataset.name} / {model_spec.name}: embedded {report.embedded}, "
-                            f"already stored {report.already_stored}, errors {len(report.errors)}",
-                            highlight=False,
-                        )
-                    if score:
-                        info = client.refresh_info() if hasattr(client, "refresh_info") else client.info()
-                        run = evaluation.score(
-                            dataset, info, model_spec.name, embed_report=report, missing=missing, extra=extra
-                        )
-                        runs.append(run)
-                        metrics = ", ".join(
-                            f"{k} {v:.1f}" for k, v in run.metrics.items() if v is not None
-                        )
-                        console.print(f"{dataset.name} / {model_spec.name}: {metrics}", highlight=False)
-                finally:
-                    client.close()
+                    outcome = evaluation.run(
+                        dataset, client, model_spec.name, embed=embed, score=score,
+                        records=shard if spec.shard.count > 1 else None, extra=extra,
+                    )
+                outcomes.append(outcome)
+                _print_outcome(console, dataset.name, model_spec.name, outcome)
     finally:
         store.close()
-    return runs
+    return outcomes
 
 
-def queries_path_for(out: Path) -> Path:
-    """Where `vsbench embed` writes the query split of an inter dataset, beside the gallery NPZ."""
-    return out.with_name(f"{out.stem}.queries.npz")
+def _print_outcome(console: Console, dataset: str, model: str, outcome: RunOutcome) -> None:
+    where = f"{dataset} / {model}"
+    if outcome.report is not None:
+        r = outcome.report
+        console.print(
+            f"{where}: embedded {r.embedded}, already stored {r.already_stored}, errors {len(r.errors)}",
+            highlight=False,
+        )
+    result = outcome.result
+    if result is not None and result.ok:
+        metrics = ", ".join(f"{k} {v:.1f}" for k, v in result.metrics.items() if v is not None)
+        console.print(f"{where}: {metrics}", highlight=False)
+    elif result is not None:
+        console.print(f"[red]{where}: FAILED: {result.record.failure}[/] (record: {result.path})", highlight=False)
+    elif outcome.report is not None and outcome.report.failure:
+        console.print(f"[red]{where}: FAILED: {outcome.report.failure}[/]", highlight=False)
 
 
-def embed_to_npz(server: str, images: Path, out: Path, *, batch_size: int = 32, show_progress: bool = True):
-    """Embed a folder or manifest through a server into the `vsbench score` NPZ format.
+class _closing:
+    def __init__(self, client: EmbeddingClient) -> None:
+        self.client = client
 
-    An inter dataset (with a query split) becomes two files, `out` (gallery) and
-    `queries_path_for(out)`, so scoring them keeps the dataset's protocol; anything else is one
-    file, scored as intra. Returns ({path: rows written}, errors)."""
-    from services.common.types import ImageItem
+    def __enter__(self) -> EmbeddingClient:
+        return self.client
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+
+
+def embed_to_npz(
+    server: str, images: Path, out: Path, *, batch_size: int = 32, show_progress: bool = True, reembed: bool = False
+) -> RunOutcome:
+    """Embed a folder or manifest through a server into the `vsbench score` NPZ format, through
+    the same loop as every run (an NpzStore is the vector store).
+
+    An inter dataset (with a query split) becomes two files, `out` (gallery) and OUT.queries.npz,
+    so scoring them keeps the dataset's protocol; anything else is one file, scored as intra.
+    Vectors land in chunk files as they arrive: an interrupted embed resumes where it stopped."""
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
     from services.evaluator.datasets.registry import load_dataset
+    from services.evaluator.stores.npz import NpzStore
 
     if _is_plain_image_dir(images):
-        dataset = _plain_dir(images)
+        dataset = _plain_dir(images)  # unlabelled: nothing to validate for scoring
     else:
         dataset = load_dataset("folder" if images.is_dir() else "manifest", images)
-    records = list(dataset.records)
-    errors: list[dict] = []
-    by_id = {r.image_id: r for r in records}
-    vectors: dict[str, np.ndarray] = {}
-
-    def items():
-        for record in records:
-            try:
-                yield ImageItem(record.image_id, dataset.read(record))
-            except OSError as exc:
-                errors.append({"image_id": record.image_id, "code": "READ_ERROR", "message": str(exc)})
-
-    with GrpcEmbeddingClient(server, batch_size=batch_size) as client:
-        from services.evaluator.pipeline import _progress
-
-        with _progress(show_progress) as progress:
-            task = progress.add_task(f"embed {images.name}", total=len(records)) if progress else None
-            for embedding in client.embed(items()):
-                if embedding.error is not None:
-                    errors.append({"image_id": embedding.id, "code": embedding.error.code.name,
-                                   "message": embedding.error.message})
-                else:
-                    vectors[embedding.id] = embedding.vector
-                if progress:
-                    progress.advance(task)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if dataset.setup is Setup.INTER:
-        parts = {out: dataset.gallery(), queries_path_for(out): dataset.queries()}
-    else:
-        parts = {out: records}
-    written: dict[Path, int] = {}
-    for path, part in parts.items():
-        ids = [r.image_id for r in part if r.image_id in vectors]
-        if ids:
-            np.savez(
-                path,
-                embeddings=np.stack([vectors[i] for i in ids]).astype(np.float32),
-                ids=np.array(ids),
-                labels=np.array([by_id[i].product_id for i in ids]),
-            )
-        written[path] = len(ids)
-    return written, errors
+        dataset.validate()
+    store = NpzStore.single(out)
+    try:
+        with GrpcEmbeddingClient(server, batch_size=batch_size) as client:
+            evaluation = Evaluation(store, out.parent, EvaluationOptions(show_progress=show_progress, reembed=reembed))
+            return evaluation.run(dataset, client, dataset.name, score=False)
+    finally:
+        store.close()
 
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -202,6 +188,6 @@ def dataset_image_resolver(results_dir: Path):
         seen.add(run.dataset)
         try:
             datasets.append(load_dataset(source["format"], Path(source["path"]), name=run.dataset))
-        except Exception as exc:  # noqa: BLE001 - the report shows a placeholder instead
+        except (VsbenchError, OSError) as exc:  # the report shows placeholders instead
             logging.getLogger(__name__).warning("report: cannot reload dataset %s: %s", run.dataset, exc)
     return dataset_resolver(datasets)

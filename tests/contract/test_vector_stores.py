@@ -12,16 +12,19 @@ import numpy as np
 import pytest
 
 from services.evaluator.search import exact_topk
+from services.evaluator.stores._common import FingerprintMismatch
 from services.evaluator.stores.base import point_id
 from services.evaluator.stores.registry import STORES, open_store
 
 COLL = "sop__toy-model"
 STORE_KINDS = {
     "edge": lambda tmp: open_store("qdrant-edge", path=tmp / "edge"),
+    "npz": lambda tmp: open_store("npz", path=tmp / "npz"),
     "client-memory": lambda tmp: open_store("qdrant-local", location=":memory:"),
 }
 REOPENABLE = {
     "edge": lambda tmp: open_store("qdrant-edge", path=tmp / "edge"),
+    "npz": lambda tmp: open_store("npz", path=tmp / "npz"),
     "client-path": lambda tmp: open_store("qdrant-local", path=tmp / "client"),
 }
 
@@ -273,8 +276,8 @@ def test_point_ids_never_change():
 
 
 def test_registry_lists_kinds_on_error():
-    assert set(STORES) == {"qdrant-edge", "qdrant-server", "qdrant-local"}
-    with pytest.raises(ValueError, match="qdrant-edge, qdrant-local, qdrant-server"):
+    assert set(STORES) == {"npz", "qdrant-edge", "qdrant-server", "qdrant-local"}
+    with pytest.raises(ValueError, match="npz, qdrant-edge, qdrant-local, qdrant-server"):
         open_store("faiss")
     with pytest.raises(ValueError, match="needs url"):
         open_store("qdrant-server")
@@ -321,3 +324,74 @@ def test_server_store_sends_the_env_api_key_and_never_shows_it(monkeypatch, capl
         server.server_close()
     assert seen == [("/collections/sop__m/exists", "s3cret-key-value")]
     assert "s3cret" not in repr(store) and "s3cret" not in caplog.text
+
+
+FP_A = "sha256:" + "a" * 64
+FP_B = "sha256:" + "b" * 64
+
+
+def test_collections_record_their_fingerprint(store):
+    """A collection remembers which model made its vectors; another model under the same name is
+    refused with both fingerprints named, and --reembed's drop_collection starts afresh."""
+    assert store.collection_fingerprint(COLL) is None
+    store.ensure_collection(COLL, 8, FP_A)
+    store.upsert(COLL, ["g1"], unit_rows(np.random.default_rng(0), 1, 8), payloads(["g1"]))
+    assert store.collection_fingerprint(COLL) == FP_A
+    store.ensure_collection(COLL, 8, FP_A)  # same model: fine
+    with pytest.raises(FingerprintMismatch, match="sha256:aaaaaaaaaaaa.*sha256:bbbbbbbbbbbb.*--reembed") as err:
+        store.ensure_collection(COLL, 8, FP_B)
+    assert (err.value.stored, err.value.served) == (FP_A, FP_B)
+    assert store.count(COLL) == 1  # nothing touched
+    store.drop_collection(COLL)
+    assert store.collection_fingerprint(COLL) is None
+    store.ensure_collection(COLL, 8, FP_B)
+    assert store.collection_fingerprint(COLL) == FP_B and store.count(COLL) == 0
+    store.drop_collection("never_made")  # absent: no error
+
+
+@pytest.mark.parametrize("kind", sorted(REOPENABLE))
+def test_fingerprint_survives_reopening(kind, tmp_path):
+    first = REOPENABLE[kind](tmp_path)
+    first.ensure_collection(COLL, 8, FP_A)
+    first.upsert(COLL, ["g1"], unit_rows(np.random.default_rng(0), 1, 8), payloads(["g1"]))
+    first.close()
+    again = REOPENABLE[kind](tmp_path)
+    try:
+        assert again.collection_fingerprint(COLL) == FP_A
+        with pytest.raises(FingerprintMismatch):
+            again.ensure_collection(COLL, 8, FP_B)
+    finally:
+        again.close()
+
+
+def test_npz_store_writes_the_score_format_and_resumes_from_chunks(tmp_path):
+    """`vsbench embed` output: gallery and query splits in two NPZ files `vsbench score` reads;
+    a process killed before close() leaves chunks that a rerun picks up."""
+    from services.evaluator.stores.npz import NpzStore
+
+    out = tmp_path / "emb.npz"
+    script = textwrap.dedent(
+        f"""
+        import os, numpy as np
+        from services.evaluator.stores.npz import NpzStore
+        s = NpzStore.single({str(out)!r})
+        s.ensure_collection("any", 4, {FP_A!r})
+        s.upsert("any", ["g1", "g2"], np.eye(4, dtype=np.float32)[:2],
+                 [{{"split": "gallery", "product_id": "p1"}}, {{"split": "gallery", "product_id": ""}}])
+        s.upsert("any", ["q1"], np.eye(4, dtype=np.float32)[2:3], [{{"split": "query", "product_id": "p1"}}])
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert not out.exists()  # never merged: only chunks
+    store = NpzStore.single(out)
+    assert store.existing_ids("any", ["g1", "g2", "q1", "x"]) == {"g1", "g2", "q1"}
+    store.ensure_collection("any", 4, FP_A)
+    store.upsert("any", ["q2"], np.eye(4, dtype=np.float32)[3:4], [{"split": "query", "product_id": "p2"}])
+    store.close()
+    gallery, queries = np.load(out), np.load(tmp_path / "emb.queries.npz")
+    assert gallery["ids"].tolist() == ["g1", "g2"] and gallery["labels"].tolist() == ["p1", ""]
+    assert queries["ids"].tolist() == ["q1", "q2"] and queries["labels"].tolist() == ["p1", "p2"]
+    assert str(gallery["fingerprint"]) == FP_A
+    np.testing.assert_array_equal(queries["embeddings"], np.eye(4, dtype=np.float32)[2:4])
+    assert not (tmp_path / "emb.partial").exists()

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from services.common.types import Embedding
-from services.evaluator.clients.base import EmbeddingServiceError
 from services.evaluator.clients.grpc import GrpcEmbeddingClient
 from services.evaluator.datasets.registry import load_dataset
 from services.evaluator.pipeline import Evaluation, EvaluationOptions, collection_name
@@ -58,8 +57,8 @@ def test_run_writes_consistent_results(tmp_path, folder_dataset):
     store = open_store("qdrant-edge", path=tmp_path / "qdrant")
     try:
         with embedder_process("histogram") as server, GrpcEmbeddingClient(server.address) as client:
-            run = Evaluation(store, tmp_path / "results", options()).run(folder_dataset, client)
-            again = Evaluation(store, tmp_path / "results", options()).run(folder_dataset, client)
+            run = Evaluation(store, tmp_path / "results", options()).run(folder_dataset, client).result
+            again = Evaluation(store, tmp_path / "results", options()).run(folder_dataset, client).result
     finally:
         store.close()
     data = run.data
@@ -89,9 +88,9 @@ def test_qdrant_search_matches_matmul(tmp_path, folder_dataset):
     store = open_store("qdrant-edge", path=tmp_path / "qdrant")
     try:
         with embedder_process("histogram") as server, GrpcEmbeddingClient(server.address) as client:
-            matmul = Evaluation(store, tmp_path / "r1", options()).run(folder_dataset, client)
+            matmul = Evaluation(store, tmp_path / "r1", options()).run(folder_dataset, client).result
             qdrant = Evaluation(store, tmp_path / "r2", EvaluationOptions(search="qdrant", show_progress=False)).run(
-                folder_dataset, client)
+                folder_dataset, client).result
     finally:
         store.close()
     assert qdrant.metrics == matmul.metrics
@@ -112,8 +111,8 @@ class KillingClient:
     def info(self):
         return self.inner.info()
 
-    def embed(self, items):
-        for embedding in self.inner.embed(items):
+    def embed(self, items, usage=None):
+        for embedding in self.inner.embed(items, usage):
             self.delivered[embedding.id] += 1
             if sum(self.delivered.values()) == self.kill_after:
                 self.server.kill()
@@ -136,7 +135,8 @@ def test_embedder_killed_mid_run_then_restarted_resumes_in_the_same_run(tmp_path
                                                backoff_s=0.3, max_retries=8), server, kill_after=20,
                            restart_port=port)
     try:
-        report = Evaluation(store, tmp_path / "results", options()).embed(folder_dataset, client, "histogram")
+        report = Evaluation(store, tmp_path / "results", options()).run(
+            folder_dataset, client, "histogram", score=False).report
         total = len(folder_dataset.records)
         assert client.inner.retries >= 1 and client.restarted is not None
         assert set(client.delivered) == {r.image_id for r in folder_dataset.records}
@@ -160,8 +160,12 @@ def test_embedder_killed_for_good_then_rerun_skips_what_is_stored(tmp_path, fold
     first = KillingClient(GrpcEmbeddingClient(f"127.0.0.1:{port}", batch_size=4, max_in_flight=1,
                                               backoff_s=0.05, max_retries=2), server, kill_after=30)
     try:
-        with pytest.raises(EmbeddingServiceError, match="UNAVAILABLE"):
-            evaluation.embed(folder_dataset, first, "histogram")
+        # The service failing for good ends the pass with a failure, not an exception: what
+        # arrived is stored and a failed record says why.
+        outcome = evaluation.run(folder_dataset, first, "histogram")
+        assert "UNAVAILABLE" in outcome.report.failure and outcome.failed
+        assert outcome.result.record.status == "failed" and "UNAVAILABLE" in outcome.result.record.failure
+        assert outcome.result.record.metrics == {} and outcome.result.per_query_path() is None
         stored_after_crash = store.count(collection)
         # nothing that arrived was lost (answers already on the wire when it died arrive too)
         failed = sum(1 for image_id in first.delivered if image_id.endswith("corrupt.jpg"))
@@ -170,7 +174,7 @@ def test_embedder_killed_for_good_then_rerun_skips_what_is_stored(tmp_path, fold
         first.close()
     with embedder_process("histogram", "--port", str(port)) as again:
         second = KillingClient(GrpcEmbeddingClient(again.address), again, kill_after=-1)
-        report = evaluation.embed(folder_dataset, second, "histogram")
+        report = evaluation.run(folder_dataset, second, "histogram", score=False).report
         second.close()
     store.close()
     total = len(folder_dataset.records)
@@ -190,8 +194,8 @@ class RepeatingClient:
     def info(self):
         return self.inner.info()
 
-    def embed(self, items):
-        for embedding in self.inner.embed(items):
+    def embed(self, items, usage=None):
+        for embedding in self.inner.embed(items, usage):
             yield embedding
             yield embedding
         yield Embedding("not-sent", vector=np.ones(self.info().dim, np.float32))
@@ -205,7 +209,8 @@ def test_repeated_or_unknown_answers_are_ignored_not_double_counted(tmp_path, fo
     try:
         with embedder_process("histogram") as server:
             client = RepeatingClient(GrpcEmbeddingClient(server.address))
-            report = Evaluation(store, tmp_path / "results", options()).embed(folder_dataset, client, "histogram")
+            report = Evaluation(store, tmp_path / "results", options()).run(
+                folder_dataset, client, "histogram", score=False).report
             client.close()
         total = len(folder_dataset.records)
         assert report.embedded == total - 1 and len(report.errors) == 1

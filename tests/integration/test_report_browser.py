@@ -24,6 +24,7 @@ from services.evaluator import metrics
 from services.evaluator.datasets.base import Dataset, GalleryType, ImageRecord, Setup, Split
 from services.evaluator.report import SiteError, SiteOptions, build_site, dataset_resolver
 from services.evaluator.report.thumbs import PLACEHOLDER, ThumbnailStore
+from services.evaluator.record import SCHEMA_ID, RunRecord
 from services.evaluator.results import QueryOutcome, load_results, write_run
 from services.evaluator.tables import render_table
 
@@ -120,7 +121,7 @@ def _summary(
             "revision": f"rev-{model[:4]}",
             "max_batch": 32,
             "backend": "api" if model == ALPHA else "torch",
-            "preprocessing": {"resize": 256, "crop_size": [224, 224], "mean": [0.485, 0.456, 0.406]},
+            "preprocessing": "resize 256, center crop 224x224, mean (0.485, 0.456, 0.406)",
             "details": {
                 "provider": {ALPHA: "Alpha Inc.", BETA: "Beta Lab", GAMMA: "Gamma Works"}[model],
                 "architecture": "ViT-B/16" if model != GAMMA else "ConvNeXt-T",
@@ -140,6 +141,7 @@ def _summary(
             "similarity": "dot product",
             "search": "exact (numpy)",
             "self_match": "removed by image identity (intra only)",
+            "distractors": "never relevant to any query",
             "unanswerable": "excluded from means, counted",
         },
         "metrics": values,
@@ -164,12 +166,11 @@ def _summary(
     if model == ALPHA:  # an API model with a usage record; the others have none
         summary["usage"] = {
             "requests": 4,
-            "images": 40,
+            "billed_images": 40,
+            "cached_images": 0,
             "retries": 1,
-            "http_429": 1,
-            "billed_units": 40,
-            "estimated_cost_usd": 0.004,
-            "latency_ms_p50": 180.0,
+            "rate_limited": 1,
+            "cost_usd": 0.004,
         }
     return summary
 
@@ -229,7 +230,10 @@ def make_results(base: Path) -> Fixture:
                 for i, (qid, product, nr, order, relevance) in enumerate(outcomes)
             ]
             summary = _summary(name, model, root, setup, len(queries), gallery, values)
-            write_run(fixture.results, summary, query_outcomes, run_id=f"20250601T120000Z-00000{model_index}")
+            record = RunRecord.model_validate(
+                {"schema": SCHEMA_ID, "run_id": f"20250601T120000Z-00000{model_index}", **summary}
+            )
+            write_run(fixture.results, record, query_outcomes)
             fixture.metrics[(name, model)] = values
             fixture.first_rank[(name, model)] = ranks
     (fixture.roots[SHELF] / MISSING_IMAGE).unlink()
@@ -375,11 +379,14 @@ def test_site_from_minimal_records(tmp_path):
     results = tmp_path / "results"
     write_run(
         results,
-        {
-            "dataset": {"name": "Solo"},
-            "model": {"name": "m1"},
+        RunRecord.model_validate({
+            "schema": SCHEMA_ID,
+            "run_id": "20250601T120000Z-000000",
+            "created": "2025-06-01T12:00:00+00:00",
+            "dataset": {"name": "Solo", "setup": "intra", "gallery_type": "closed"},
+            "model": {"name": "m1", "dim": 8},
             "metrics": {"recall@1": 12.5, "recall@5": None, "map@20": 3.0},
-        },
+        }),
     )
     index = build_site(results, tmp_path / "site", options=SiteOptions(n_boot=100))
     text = index.read_text(encoding="utf-8")

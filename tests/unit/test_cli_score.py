@@ -26,8 +26,11 @@ def test_intra_scoring_writes_results_and_per_query_file(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["metrics"] == {"recall@1": 100.0, "recall@5": 100.0, "map@20": 100.0}
-    assert result["queries"] == {"total": 60, "scored": 60, "unanswerable": 0}
+    assert result["queries"] == {"total": 60, "scored": 60, "unanswerable": 0, "failed_to_embed": 0,
+                                 "missing_files": 0}
     assert result["protocol"]["setup"] == "intra"
+    assert result["schema"] == "vsbench.run-record/v2" and result["status"] == "ok"
+    assert result["dataset"]["name"] == "g" and result["model"]["name"] == "g"  # defaults: the file name
     lines = (tmp_path / "r.queries.jsonl").read_text().splitlines()
     assert len(lines) == 61  # header + one per query
     first = json.loads(lines[1])
@@ -101,7 +104,7 @@ def test_score_ilias_official_features_streams_distractors(tmp_path):
     # query A ranks: distractor(5), P0(10), P1(80): R@1 0, AP@2 = (1/2)/2; query B: P(170) first: R@1 1, AP@2 1
     assert result["metrics"]["recall@1"] == 50.0
     assert result["metrics"]["map@2"] == pytest.approx(100 * (0.25 + 1.0) / 2)
-    assert result["gallery"] == {"total": 5, "indexed": 5, "distractors": 2}
+    assert result["gallery"] == {"total": 5, "indexed": 5, "distractors": 2, "failed_to_embed": 0, "missing_files": 0}
 
 
 def test_unknown_engine_is_refused_not_silently_replaced(tmp_path):
@@ -111,3 +114,38 @@ def test_unknown_engine_is_refused_not_silently_replaced(tmp_path):
                    "--engine", "foo")
     assert done.returncode == 2 and "--engine takes auto, torch or numpy" in done.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_score_output_is_a_run_record_that_table_and_report_read(tmp_path):
+    """Regression: `vsbench score --out d/run.json; vsbench table d` said "no vsbench result files"."""
+    import jsonschema
+
+    from services.evaluator.record import SCHEMA_FILE
+
+    save(tmp_path / "g.npz", [[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], ["a", "b", "c", "d"], ["A", "A", "C", "C"])
+    done = vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--dataset", "toy", "--model", "m1",
+                   "--out", str(tmp_path / "d" / "run.json"))
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "d" / "run.json").read_text())
+    jsonschema.validate(record, json.loads(SCHEMA_FILE.read_text()))
+    assert (record["dataset"]["name"], record["model"]["name"]) == ("toy", "m1")
+    table = vsbench("table", str(tmp_path / "d"))
+    assert table.returncode == 0, table.stderr
+    assert "m1" in table.stdout and "100.0" in table.stdout
+    report = vsbench("report", str(tmp_path / "d"), "--out", str(tmp_path / "site"))
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "site" / "index.html").is_file()
+    # an existing record is never overwritten
+    again = vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--out", str(tmp_path / "d" / "run.json"))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_older_result_files_get_one_line_each(tmp_path):
+    save(tmp_path / "g.npz", [[1, 0], [0.9, 0.1]], ["a", "b"], ["A", "A"])
+    assert vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--out", str(tmp_path / "d" / "new.json")).returncode == 0
+    (tmp_path / "d" / "old.json").write_text(json.dumps({"schema": "vsbench.score/v1", "metrics": {}}))
+    (tmp_path / "d" / "unrelated.json").write_text(json.dumps({"hello": 1}))
+    table = vsbench("table", str(tmp_path / "d"))
+    assert table.returncode == 0, table.stderr
+    lines = [line for line in table.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "old.json" in lines[0] and "older vsbench (schema vsbench.score/v1)" in lines[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.evaluator.record import SCHEMA_ID, RunRecord
 from services.evaluator.results import RunResult
 from services.evaluator.tables import build_leaderboard, latex_escape, metric_label, render_table
 
@@ -28,14 +29,14 @@ def run(
     if mgroup:
         model_info["group"] = mgroup
     return RunResult(
-        data={
-            "schema": "vsbench.result/v1",
+        record=RunRecord.model_validate({
+            "schema": SCHEMA_ID,
             "run_id": run_id,
             "created": created,
             "dataset": dataset_info,
             "model": model_info,
             "metrics": dict(zip(names, values)),
-        }
+        })
     )
 
 

@@ -19,7 +19,7 @@ from services.common.grpc_server import channel_options
 from services.common.proto.vsbench.v1 import embedding_pb2 as pb
 from services.common.proto.vsbench.v1 import embedding_pb2_grpc as pb_grpc
 from services.common.settings import DEFAULT_MAX_MESSAGE_MB
-from services.common.types import Embedding, ImageItem, ModelInfo
+from services.common.types import CallUsage, Embedding, ImageItem, ModelInfo
 from services.evaluator.clients.base import EmbeddingServiceError
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,7 @@ class GrpcEmbeddingClient:
             self._info = wire.info_from_pb(self._call_with_retries(call, "Info"))
         return self._info
 
-    def refresh_info(self) -> ModelInfo:
-        """Ask again (the proxy reports usage counters in Info.details)."""
-        self._info = None
-        return self.info()
-
-    def embed(self, items: Iterable[ImageItem]) -> Iterator[Embedding]:
+    def embed(self, items: Iterable[ImageItem], usage: CallUsage | None = None) -> Iterator[Embedding]:
         info = self.info()
         batch_size = self._batch_size or min(32, info.max_batch or 32)
         if info.max_batch:
@@ -181,6 +176,8 @@ class GrpcEmbeddingClient:
                         continue  # an answer to a batch we already gave up on
                     window.release()
                     failures = 0
+                    if usage is not None and (answered := wire.response_usage(response)) is not None:
+                        usage.add(answered)
                     yield from wire.response_from_pb(response)
                 if producer_error:
                     raise producer_error[0]

@@ -20,6 +20,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.markdown import Markdown
 
+from services.common.errors import VsbenchError
 from services.evaluator.clients.grpc import GrpcEmbeddingClient
 from services.evaluator.datasets.registry import load_dataset
 from services.evaluator.pipeline import Evaluation, EvaluationOptions
@@ -64,6 +65,10 @@ def run_quickstart(
         signal.signal(signal.SIGTERM, previous)
 
 
+class QuickstartError(VsbenchError):
+    """The quickstart could not produce its table (a model's run failed)."""
+
+
 def _run(out: Path, small: bool, model_names, console: Console, show_progress: bool, started: float):
     console.rule("[bold]vsbench quickstart")
     with console.status("building the quickstart dataset from the shipped photos..."):
@@ -87,7 +92,9 @@ def _run(out: Path, small: bool, model_names, console: Console, show_progress: b
         for dataset in datasets:
             for name, server in servers.items():
                 with GrpcEmbeddingClient(server.address) as client:
-                    run = evaluation.run(dataset, client, name)
+                    run = evaluation.run(dataset, client, name).result
+                if not run.ok:
+                    raise QuickstartError(f"{dataset.name} / {name}: {run.record.failure}")
                 runs.append(run)
                 timings = run.data["timings"]
                 reused = timings.get("images_already_stored", 0)

@@ -330,7 +330,7 @@ def cost_per_1k(run: RunResult) -> float | None:
     usage = run.data.get("usage") or {}
     if not isinstance(usage, dict):
         return None
-    cost, images = usage.get("estimated_cost_usd"), usage.get("images")
+    cost, images = usage.get("cost_usd"), usage.get("billed_images")
     if not isinstance(cost, (int, float)) or not isinstance(images, (int, float)) or images <= 0:
         return None
     return float(cost) / float(images) * 1000.0

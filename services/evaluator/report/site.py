@@ -9,7 +9,7 @@ every script and style is copied from this package's assets/):
     stats.html                      95% bootstrap intervals and pairwise paired tests per dataset
     protocol.html                   how every number was computed (one section per distinct protocol)
     datasets/<d>.html               Table 1 facts, results with intervals, Recall@K, cost/throughput
-    models/<m>.html                 Table 2 model card, usage/cost/latency, results across datasets
+    models/<m>.html                 Table 2 model card, usage/cost, results across datasets
     failures/<d>/<m>.html           queries the model missed at rank 1, with thumbnails and top-5
     compare/<d>/<a>--<b>.html       queries one model gets right and the other wrong
     hard/<d>.html                   queries every model misses
@@ -881,21 +881,13 @@ class _PageWriter:
             ("Group", row.group),
         ]
         usages = [r.data["usage"] for r in runs if isinstance(r.data.get("usage"), Mapping)]
-        billed = [(u.get("estimated_cost_usd"), u.get("images")) for u in usages]
+        billed = [(u.get("cost_usd"), u.get("billed_images")) for u in usages]
         billed = [
             (c, n) for c, n in billed if isinstance(c, (int, float)) and isinstance(n, (int, float)) and n > 0
         ]
         if billed:
             per_1k = sum(c for c, _ in billed) / sum(n for _, n in billed) * 1000
             card.append(("API cost per 1k images", f"${per_1k:.4g} (estimated, over {len(billed)} run(s))"))
-        latencies = [
-            u.get("latency_ms_p50") for u in usages if isinstance(u.get("latency_ms_p50"), (int, float))
-        ]
-        if latencies:
-            low, high = min(latencies), max(latencies)
-            card.append(
-                ("API latency p50", f"{low:.0f} ms" if low == high else f"{low:.0f}–{high:.0f} ms by run")
-            )
         per_dataset = []
         for column in ctx.board.datasets:
             run = row.runs.get(column.name)
@@ -917,7 +909,6 @@ class _PageWriter:
                     "of": len(ranked),
                     "preprocessing": self.preprocessing(run),
                     "cost": cost_per_1k(run),
-                    "latency": usage.get("latency_ms_p50"),
                     "speed": images_per_second(run),
                     "usage": key_values(usage),
                     "timings": key_values(timings),

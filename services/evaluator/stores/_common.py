@@ -30,6 +30,26 @@ class StoreError(VsbenchError, ValueError):
     """Bad input to a vector store (nothing was written)."""
 
 
+class FingerprintMismatch(StoreError):
+    """The collection holds vectors of another model than the one now serving under that name."""
+
+    def __init__(self, collection: str, stored: str, served: str) -> None:
+        from services.common.fingerprint import short
+
+        self.collection, self.stored, self.served = collection, stored, served
+        super().__init__(
+            f"collection {collection!r} holds vectors of model fingerprint {short(stored) if stored else '(none recorded)'}"
+            f" but the model now answers with {short(served) if served else '(none)'}; vectors are never mixed: "
+            "rerun with --reembed to replace them in a fresh collection, or give the model another name"
+        )
+
+
+def check_fingerprint(collection: str, stored: str | None, served: str) -> None:
+    """Raise FingerprintMismatch unless an existing collection's fingerprint equals the served one."""
+    if stored is not None and stored != served:
+        raise FingerprintMismatch(collection, stored, served)
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."}:
         raise StoreError(

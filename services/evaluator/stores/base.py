@@ -39,8 +39,16 @@ class Hit:
 class VectorStore(Protocol):
     """Payload of every point: image_id, product_id, split, dataset, model."""
 
-    def ensure_collection(self, name: str, dim: int) -> None:
-        """Create if absent (cosine-free: Distance.DOT on normalised vectors); error if dim differs."""
+    def ensure_collection(self, name: str, dim: int, fingerprint: str = "") -> None:
+        """Create if absent (Distance.DOT on normalised vectors), recording the model fingerprint of
+        the vectors it will hold. StoreError if dim differs; FingerprintMismatch if the collection
+        exists with another fingerprint (one made before fingerprints counts as "")."""
+
+    def collection_fingerprint(self, name: str) -> str | None:
+        """The fingerprint recorded for a collection ("" if none), or None if it does not exist."""
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and its vectors (no error if absent): `--reembed` starts afresh."""
 
     def existing_ids(self, name: str, image_ids: Sequence[str]) -> set[str]:
         """Which of these image ids already have a vector stored."""

@@ -28,6 +28,7 @@ from services.evaluator.stores._common import (
     RawHit,
     StoreError,
     check_batch,
+    check_fingerprint,
     check_name,
     check_queries,
     ranked_search,
@@ -37,6 +38,8 @@ from services.evaluator.stores.base import Hit, StoredVectors, point_id
 
 # Written by Qdrant Edge into every shard folder (documented: the config persists there).
 _EDGE_CONFIG_FILE = "edge_config.json"
+# Ours, beside it: what the engine cannot record (the model fingerprint of the vectors).
+_COLLECTION_FILE = "vsbench_collection.json"
 DEFAULT_UPSERT_BATCH = 1024
 _RETRIEVE_BATCH = 4096
 _QUERY_BATCH = 256
@@ -105,7 +108,28 @@ class QdrantEdgeStore:
             self._shards[name], self._dims[name] = shard, dim
             return shard
 
-    def ensure_collection(self, name: str, dim: int) -> None:
+    def collection_fingerprint(self, name: str) -> str | None:
+        folder = self._dir(name)
+        if self._stored_dim(folder) is None:
+            return None
+        meta = folder / _COLLECTION_FILE
+        if not meta.is_file():
+            return ""
+        return str(json.loads(meta.read_text(encoding="utf-8")).get("fingerprint", ""))
+
+    def drop_collection(self, name: str) -> None:
+        import shutil
+
+        folder = self._dir(name)
+        with self._lock:
+            shard = self._shards.pop(name, None)
+            self._dims.pop(name, None)
+        if shard is not None:
+            shard.close()
+        if folder.exists():
+            shutil.rmtree(folder)
+
+    def ensure_collection(self, name: str, dim: int, fingerprint: str = "") -> None:
         dim = int(dim)
         if dim < 1:
             raise StoreError(f"collection {name!r}: dim must be >= 1, got {dim}")
@@ -116,6 +140,7 @@ class QdrantEdgeStore:
                 raise StoreError(
                     f"collection {name!r} in {folder} holds {stored}-d vectors, asked for {dim}-d"
                 )
+            check_fingerprint(name, self.collection_fingerprint(name), fingerprint)
             self._shard(name)
             return
         q = self._q
@@ -126,6 +151,10 @@ class QdrantEdgeStore:
             )
             shard.update(q.UpdateOperation.create_field_index("split", q.PayloadSchemaType.Keyword))
             shard.flush()
+            meta = folder / _COLLECTION_FILE
+            tmp = meta.with_name(meta.name + ".tmp")
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "dim": dim}) + "\n", encoding="utf-8")
+            tmp.replace(meta)
             self._shards[name], self._dims[name] = shard, dim
 
     def _dim(self, name: str) -> int:

@@ -28,6 +28,7 @@ from services.evaluator.stores._common import (
     RawHit,
     StoreError,
     check_batch,
+    check_fingerprint,
     check_name,
     check_queries,
     ranked_search,
@@ -39,6 +40,8 @@ API_KEY_ENV = "QDRANT_API_KEY"
 DEFAULT_UPSERT_BATCH = 256
 _RETRIEVE_BATCH = 1024
 _QUERY_BATCH = 64
+# Collection metadata key holding the model fingerprint of the stored vectors.
+FINGERPRINT_KEY = "vsbench_fingerprint"
 
 
 class QdrantServerStore:
@@ -119,7 +122,18 @@ class QdrantServerStore:
             )
         return int(params.size)
 
-    def ensure_collection(self, name: str, dim: int) -> None:
+    def collection_fingerprint(self, name: str) -> str | None:
+        if not self.client.collection_exists(check_name(name)):
+            return None
+        metadata = self.client.get_collection(name).config.metadata or {}
+        return str(metadata.get(FINGERPRINT_KEY, ""))
+
+    def drop_collection(self, name: str) -> None:
+        self._dims.pop(name, None)
+        if self.client.collection_exists(check_name(name)):
+            self.client.delete_collection(name)
+
+    def ensure_collection(self, name: str, dim: int, fingerprint: str = "") -> None:
         dim = int(dim)
         if dim < 1:
             raise StoreError(f"collection {name!r}: dim must be >= 1, got {dim}")
@@ -128,17 +142,22 @@ class QdrantServerStore:
             raise StoreError(
                 f"collection {name!r} on {self._where} holds {stored}-d vectors, asked for {dim}-d"
             )
+        if stored is not None:
+            check_fingerprint(name, self.collection_fingerprint(name), fingerprint)
         if stored is None:
             m = self.models
             try:
                 self.client.create_collection(
-                    name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.DOT)
+                    name,
+                    vectors_config=m.VectorParams(size=dim, distance=m.Distance.DOT),
+                    metadata={FINGERPRINT_KEY: fingerprint},
                 )
             except Exception:
                 # Sharded embed pods race to create the same collection: losing the race is fine
                 # as long as what the winner made has our dimension.
                 if self._collection_dim(name) != dim:
                     raise
+                check_fingerprint(name, self.collection_fingerprint(name), fingerprint)
             with self._quiet_local():
                 self.client.create_payload_index(
                     name, "split", field_schema=m.PayloadSchemaType.KEYWORD, wait=True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from services.evaluator.stores._common import StoreError
 from services.evaluator.stores.base import VectorStore
 
 
@@ -19,7 +20,7 @@ def _server(**options: Any) -> VectorStore:
     from services.evaluator.stores.qdrant_server import QdrantServerStore
 
     if not options.get("url"):
-        raise ValueError("store kind 'qdrant-server' needs url=... (e.g. http://localhost:6333)")
+        raise StoreError("store kind 'qdrant-server' needs url=... (e.g. http://localhost:6333)")
     return QdrantServerStore(**options)
 
 
@@ -32,7 +33,17 @@ def _client_local(**options: Any) -> VectorStore:
     return QdrantServerStore(**options)
 
 
+def _npz(**options: Any) -> VectorStore:
+    """NPZ files (the `vsbench score` format): folder=..., one NAME.npz (+ .queries.npz) per collection."""
+    from services.evaluator.stores.npz import NpzStore
+
+    if "folder" not in options and "path" in options:
+        options["folder"] = options.pop("path")
+    return NpzStore(**options)
+
+
 STORES: dict[str, Callable[..., VectorStore]] = {
+    "npz": _npz,
     "qdrant-edge": _edge,
     "qdrant-server": _server,
     "qdrant-local": _client_local,
@@ -43,7 +54,7 @@ def open_store(kind: str, **options: Any) -> VectorStore:
     try:
         factory = STORES[kind]
     except KeyError:
-        raise ValueError(
+        raise StoreError(
             f"unknown vector store kind {kind!r}; known kinds: {', '.join(sorted(STORES))}"
         ) from None
     return factory(**options)
