@@ -75,7 +75,9 @@ def add_cost(usage: CallUsage, cost: float | None) -> None:
     usage.cost_usd = None if usage.cost_usd is None or cost is None else usage.cost_usd + cost
 
 
-def settle_batch(charge: BatchCharge, outcomes: list[tuple[Outcome, bool]], price: Price | None) -> list[Delivery]:
+def settle_batch(
+    charge: BatchCharge, outcomes: list[tuple[Outcome, bool]], price: Price | None
+) -> list[Delivery]:
     """Deliveries for a finished batch; the owner is charged now unless it has gone away."""
     cost = charge.cost_usd(price)
     share = None if cost is None else (cost / charge.billed_images if charge.billed_images else 0.0)

@@ -17,7 +17,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from services.api_proxy.accounting import BatchCharge, CallLedger, Delivery, Outcome, receive_joined, settle_batch
+from services.api_proxy.accounting import (
+    BatchCharge, CallLedger, Delivery, Outcome, receive_joined, settle_batch,
+)
 from services.api_proxy.cache import EmbeddingCache
 from services.api_proxy.credentials import CredentialsError, Redactor
 from services.api_proxy.http import RetryPolicy, UpstreamError, VendorHttp
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 _INLINE_DECODE_BYTES = 64 * 1024
 # (outcome, billed): billed = the image was in a 200 answer, so the vendor charged for it.
 Sent = tuple[Outcome, bool]
+Batch = list[tuple[PreparedImage, "asyncio.Future[Delivery]"]]
+
+
+def _unbilled(code: ErrorCode, message: str, count: int) -> list[Sent]:
+    return [(ItemError(code, message), False)] * count
 
 
 def role_key(provider: Provider) -> str:
@@ -145,7 +152,8 @@ class ProxyModel:
                 backoff_max_s=settings.backoff_max_s, max_retry_after_s=settings.max_retry_after_s,
                 timeout_s=settings.timeout_s,
             ),
-            cache=EmbeddingCache(cache_dir, provider.name, model, provider.dim, role_key(provider)) if cache_dir else None,
+            cache=(EmbeddingCache(cache_dir, provider.name, model, provider.dim, role_key(provider))
+                   if cache_dir else None),
             price=price,
             redactor=redactor,
             max_batch=settings.max_batch,
@@ -264,7 +272,7 @@ class ProxyModel:
         outcomes: list[Outcome | None] = [None] * len(items)
         sent: dict[int, asyncio.Future[Delivery]] = {}  # this call's own batches: charged at settle
         joined: dict[int, asyncio.Future[Delivery]] = {}  # identical images already on their way
-        to_send: list[tuple[PreparedImage, asyncio.Future[Delivery]]] = []
+        to_send: Batch = []
         for index, image in enumerate(prepared):
             if isinstance(image, ItemError):
                 outcomes[index] = image
@@ -300,24 +308,22 @@ class ProxyModel:
             outcomes[index] = delivery.outcome
         return outcomes  # type: ignore[return-value]
 
-    async def _send(self, batch: list[tuple[PreparedImage, asyncio.Future[Delivery]]], charge: BatchCharge) -> None:
+    async def _send(self, batch: Batch, charge: BatchCharge) -> None:
         images = [image for image, _ in batch]
         results: list[Sent] | None = None
         try:
             results = await self._request(images, charge)
         except asyncio.CancelledError:
-            results = [(ItemError(ErrorCode.INTERNAL, "proxy shut down before the vendor answered"), False)] * len(images)
+            results = _unbilled(ErrorCode.INTERNAL, "proxy shut down before the vendor answered", len(images))
             raise
         except Exception as exc:  # noqa: BLE001 - becomes a per-item error, never a lost item
             message = self.redactor(f"{type(exc).__name__}: {exc}")
             log.error("vendor call failed: %s", message)
-            results = [(ItemError(ErrorCode.INTERNAL, message), False)] * len(images)
+            results = _unbilled(ErrorCode.INTERNAL, message, len(images))
         finally:
-            interrupted = [(ItemError(ErrorCode.INTERNAL, "interrupted"), False)] * len(images)
-            self._settle(batch, results or interrupted, charge)
+            self._settle(batch, results or _unbilled(ErrorCode.INTERNAL, "interrupted", len(images)), charge)
 
-    def _settle(self, batch: list[tuple[PreparedImage, asyncio.Future[Delivery]]], results: list[Sent],
-                charge: BatchCharge) -> None:
+    def _settle(self, batch: Batch, results: list[Sent], charge: BatchCharge) -> None:
         deliveries = settle_batch(charge, results, self._price)
         for (image, future), delivery in zip(batch, deliveries, strict=True):
             # Only checked vectors get here (vectors.py): a refused one is an error, never cached.
@@ -336,7 +342,7 @@ class ProxyModel:
             response = await self._http.send(self.provider.build(images), count, charge)
         except CredentialsError as exc:  # e.g. a token refresh refused: the vendor was never asked
             log.warning("%s: credentials failed: %s", self.name, self.redactor(str(exc)))
-            return [(ItemError(ErrorCode.UPSTREAM_ERROR, self.redactor(f"{self.provider.name}: {exc}")), False)] * count
+            return _unbilled(ErrorCode.UPSTREAM_ERROR, self.redactor(f"{self.provider.name}: {exc}"), count)
         except UpstreamError as exc:
             if exc.splittable and count > 1:
                 # One bad image can fail a whole batch: halve it to find which.
@@ -345,7 +351,7 @@ class ProxyModel:
                     self._request(images[:half], charge), self._request(images[half:], charge))
                 return first + second
             log.warning("%s: %d image(s) failed: %s", self.name, count, exc.message)
-            return [(ItemError(ErrorCode.UPSTREAM_ERROR, f"{self.provider.name}: {exc.message}"), False)] * count
+            return _unbilled(ErrorCode.UPSTREAM_ERROR, f"{self.provider.name}: {exc.message}", count)
 
         # Large answers (96 x 1536 floats is ~2 MB of JSON) are decoded off the event loop so
         # admissions and sends of other requests are not held up behind them.
@@ -373,4 +379,5 @@ class ProxyModel:
             return invalid(f"unexpected answer shape: {exc}"), {}
         if len(parsed.vectors) != count:
             return invalid(f"returned {len(parsed.vectors)} vectors for {count} images"), parsed.billed
-        return [check_vector(vector, self.provider.dim, self.provider.name) for vector in parsed.vectors], parsed.billed
+        checked = [check_vector(vector, self.provider.dim, self.provider.name) for vector in parsed.vectors]
+        return checked, parsed.billed

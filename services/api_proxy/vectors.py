@@ -42,6 +42,6 @@ def check_vector(values: Any, dim: int, who: str) -> np.ndarray | ItemError:
     if norm == 0.0:
         return invalid("vector is all zeros")
     if not MIN_NORM <= norm <= MAX_NORM:
-        return invalid(f"vector norm {norm:.3g} is outside [{MIN_NORM:g}, {MAX_NORM:g}]: not a usable embedding")
+        return invalid(f"vector norm {norm:.3g} is outside [{MIN_NORM:g}, {MAX_NORM:g}]: not an embedding")
     # Within the bounds every value fits float32 and the largest is far above its smallest normal.
     return wide.astype(np.float32)
