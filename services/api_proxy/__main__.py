@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(model.redactor))
     logging.getLogger(__name__).info(
-        "%s: dim %d, vendor batch %d, limits %s, credentials %s", model.name, model.info().dim,
-        model.vendor_batch, model.limits.as_dict(), model.info().details["credentials"],
+        "%s: dim %d, %s, vendor batch %d, limits %s, credentials %s", model.name, model.info().dim,
+        model.provider.describe_role(), model.vendor_batch, model.limits.as_dict(),
+        model.info().details["credentials"],
     )
     try:
         asyncio.run(_serve(settings, model))
