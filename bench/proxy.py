@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.api_proxy.model import ProxyModel  # noqa: E402
 from services.api_proxy.settings import ProxySettings  # noqa: E402
-from services.common.types import ImageItem  # noqa: E402
+from services.common.types import CallUsage, ImageItem  # noqa: E402
 from tests.fakes.images import make_images  # noqa: E402
 
 KEY = "bench-key"
@@ -94,11 +94,14 @@ async def throughput(ipm: float, dim: int, seconds: float) -> dict:
                                  ipm=ipm, rpm=0, concurrency=32, max_batch=8)
         async with ProxyModel.from_settings(settings) as model:
             outstanding, submitted, calls = 0, 0, []
+            per_call = CallUsage()  # what the calls themselves report (EmbedResponse.usage)
 
             async def call(batch: list[ImageItem]) -> int:
                 nonlocal outstanding
                 try:
-                    return sum(1 for r in await model.embed(batch) if not r.ok)
+                    results, usage = await model.embed_billed(batch)
+                    per_call.add(usage)
+                    return sum(1 for r in results if not r.ok)
                 finally:
                     outstanding -= len(batch)
 
@@ -130,6 +133,8 @@ async def throughput(ipm: float, dim: int, seconds: float) -> dict:
         "sustained_ratio_to_limit": round(rate / limit_per_s, 3),
         "max_images_in_any_60s_window": max_in_any_minute(times, timeline["units"]),
         "vendor_429": usage["http_429"], "retries": usage["retries"], "requests": usage["requests"],
+        # Per-call usage summed over every call must equal the process totals above.
+        "per_call_sum": per_call.to_dict(),
         "short_window_violations_seen_by_vendor": violations["violations"],
         "first_violations": violations["first"],
     }

@@ -24,6 +24,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--provider": ("provider", str, f"one of: {', '.join(PROVIDERS)}"),
     "--model": ("model", str, "vendor model id (default: the provider's first)"),
     "--dimension": ("dimension", int, "output dimension"),
+    "--input-role": ("input_role", str, "document | query | none: the vendor's role field for every image"),
     "--rpm": ("rpm", float, "requests/min (default: the vendor's published limit; 0 = unlimited)"),
     "--ipm": ("ipm", float, "images/min (default: the vendor's published limit; 0 = unlimited)"),
     "--concurrency": ("concurrency", int, "vendor requests in flight (0 = unlimited)"),
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(model.redactor))
     logging.getLogger(__name__).info(
-        "%s: dim %d, vendor batch %d, limits %s, credentials %s", model.name, model.info().dim,
-        model.vendor_batch, model.limits.as_dict(), model.info().details["credentials"],
+        "%s: dim %d, %s, vendor batch %d, limits %s, credentials %s", model.name, model.info().dim,
+        model.provider.describe_role(), model.vendor_batch, model.limits.as_dict(),
+        model.info().details["credentials"],
     )
     try:
         asyncio.run(_serve(settings, model))

@@ -1,9 +1,10 @@
 """Content-addressed embedding cache on disk: a rerun, or another dataset holding the same image,
 never pays the vendor twice.
 
-Key: (provider, model, dimension, sha256 of the exact bytes sent). One file per vector, raw
-little-endian float32, written atomically (temp file + rename), so several processes may share a
-directory. A file that does not hold exactly `dim` finite values is treated as a miss and replaced.
+Key: (provider, model, dimension, input role as sent, sha256 of the exact bytes sent). One file
+per vector, raw little-endian float32, written atomically (temp file + rename), so several
+processes may share a directory. A file that does not pass the same check as a vendor answer
+(services/api_proxy/vectors.py: `dim` finite values, a usable norm) is a miss and gets replaced.
 """
 
 from __future__ import annotations
@@ -15,14 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from services.api_proxy.vectors import check_vector
+
 _DTYPE = np.dtype("<f4")
 _SAFE = re.compile(r"[^A-Za-z0-9._@-]+")
 
 
 class EmbeddingCache:
-    def __init__(self, root: Path, provider: str, model: str, dim: int) -> None:
+    def __init__(self, root: Path, provider: str, model: str, dim: int, role: str = "") -> None:
+        """`role`: the vendor role field and value sent ("input_type=search_query"), "" if none."""
         self.dim = dim
         self.directory = Path(root) / _SAFE.sub("_", provider) / _SAFE.sub("_", model) / str(dim)
+        if role:  # without a role field the layout is the one caches had before roles existed
+            self.directory /= _SAFE.sub("_", role)
 
     def _path(self, sha256: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
@@ -36,8 +42,8 @@ class EmbeddingCache:
             return None
         if len(raw) != self.dim * _DTYPE.itemsize:
             return None
-        vector = np.frombuffer(raw, dtype=_DTYPE).astype(np.float32)
-        return vector if np.isfinite(vector).all() else None
+        checked = check_vector(np.frombuffer(raw, dtype=_DTYPE), self.dim, "cache")
+        return checked if isinstance(checked, np.ndarray) else None
 
     def put(self, sha256: str, vector: np.ndarray) -> None:
         path = self._path(sha256)

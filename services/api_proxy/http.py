@@ -18,6 +18,7 @@ from typing import Callable
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from services.api_proxy.accounting import BatchCharge
 from services.api_proxy.credentials import Auth, HttpCall, Redactor
 from services.api_proxy.ratelimit import RateLimiter
 from services.api_proxy.usage import Usage
@@ -130,19 +131,21 @@ class VendorHttp:
         hint = getattr(error, "retry_after", None)
         return max(backoff, hint) if hint is not None else backoff
 
-    def _before_sleep(self, state: RetryCallState) -> None:
+    def _before_sleep(self, state: RetryCallState, charge: BatchCharge) -> None:
         error = state.outcome.exception() if state.outcome else None
         reason = getattr(error, "reason", "error")
         self._usage.add("retries")
+        charge.retries += 1
         metrics.UPSTREAM_RETRIES.labels(self._label, reason).inc()
 
-    async def send(self, call: HttpCall, images: int) -> httpx.Response:
-        """The vendor's 200 answer, or UpstreamError once retries are spent or the error is final."""
+    async def send(self, call: HttpCall, images: int, charge: BatchCharge) -> httpx.Response:
+        """The vendor's 200 answer, or UpstreamError once retries are spent or the error is final.
+        Every attempt, retry and 429 is counted on `charge` (the batch's own usage) too."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.policy.max_attempts),
             wait=self._wait,
             retry=retry_if_exception(lambda exc: isinstance(exc, UpstreamError) and exc.retryable),
-            before_sleep=self._before_sleep,
+            before_sleep=lambda state: self._before_sleep(state, charge),
             reraise=True,
         )
         attempts = 0
@@ -150,7 +153,7 @@ class VendorHttp:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    return await self._attempt(call, images)
+                    return await self._attempt(call, images, charge)
         except UpstreamError as exc:
             if exc.retryable:
                 exc.message = f"{exc.message} (gave up after {attempts} attempts)"
@@ -158,10 +161,11 @@ class VendorHttp:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _attempt(self, call: HttpCall, images: int) -> httpx.Response:
+    async def _attempt(self, call: HttpCall, images: int, charge: BatchCharge) -> httpx.Response:
         async with self._limiter.slot(images) as slot:
             signed = await self._auth.apply(call, self.client)
             self._usage.add("requests")
+            charge.requests += 1
             self._usage.add("images_sent", images)
             request = self.client.build_request(signed.method, signed.url, headers=signed.headers,
                                                 content=signed.body)
@@ -184,6 +188,8 @@ class VendorHttp:
                 return response
             # The vendor did not embed these images: their tokens go back to the bucket.
             slot.refund_images()
+            if response.status_code == 429:
+                charge.rate_limited += 1
             raise self._error_for(response)
 
     def _error_for(self, response: httpx.Response) -> UpstreamError:

@@ -2,8 +2,9 @@
 
 Per call: prepare images (threads), answer from the cache or an identical image already in
 flight, split the rest into vendor-sized requests, send them under the rate limits, and check
-every answer (one vector per image sent, `dim` values each, all finite). Whatever happens, each
-item ends with exactly one vector or one error: nothing is silently dropped, merged or faked.
+every answer (one vector per image sent, `dim` values each, finite, a usable norm). Whatever
+happens, each item ends with exactly one vector or one error: nothing is silently dropped, merged
+or faked. Each call also reports what it alone cost (`embed_billed`, see accounting.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from services.api_proxy.accounting import (
+    BatchCharge, CallLedger, Delivery, Outcome, receive_joined, settle_batch,
+)
 from services.api_proxy.cache import EmbeddingCache
 from services.api_proxy.credentials import CredentialsError, Redactor
 from services.api_proxy.http import RetryPolicy, UpstreamError, VendorHttp
@@ -25,13 +29,45 @@ from services.api_proxy.providers.registry import default_model, provider_class
 from services.api_proxy.ratelimit import Limits, RateLimiter
 from services.api_proxy.settings import ProxySettings
 from services.api_proxy.usage import USAGE_DETAILS_KEY, Price, Usage, load_price_table
+from services.api_proxy.vectors import MAX_NORM, MIN_NORM, check_vector
+from services.common.fingerprint import fingerprint
 from services.common.servicer import Overloaded
-from services.common.types import Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
+from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
 
 log = logging.getLogger(__name__)
 
-Outcome = np.ndarray | ItemError
 _INLINE_DECODE_BYTES = 64 * 1024
+# (outcome, billed): billed = the image was in a 200 answer, so the vendor charged for it.
+Sent = tuple[Outcome, bool]
+Batch = list[tuple[PreparedImage, "asyncio.Future[Delivery]"]]
+
+
+def _unbilled(code: ErrorCode, message: str, count: int) -> list[Sent]:
+    return [(ItemError(code, message), False)] * count
+
+
+def role_key(provider: Provider) -> str:
+    """The role as sent ("input_type=search_query"), "" when no role field is sent."""
+    value = provider.role_value
+    return "" if value is None else f"{provider.role_field}={value}"
+
+
+def fingerprint_parts(provider: Provider) -> dict:
+    """Everything that changes the vectors this proxy answers with; never a credential or URL
+    (a gateway or region gives the same vectors)."""
+    spec = provider.spec
+    return {
+        "kind": "api_proxy",
+        "vendor": provider.name,
+        "model": spec.name,
+        "api": provider.api_version,
+        "dim": provider.dim,
+        "input_role": {"role": provider.role, "field": provider.role_field, "value": provider.role_value},
+        # What the proxy does to the bytes before sending (re-encoding, downscaling) and to the answer.
+        "preprocessing": spec.images.describe(),
+        "vendor_preprocessing": spec.vendor_preprocessing,
+        "output": {"dtype": "float32", "normalised_by_proxy": False, "norm_bounds": [MIN_NORM, MAX_NORM]},
+    }
 
 
 def _limit(setting: float | None, default: float | None) -> float | None:
@@ -74,8 +110,9 @@ class ProxyModel:
         self._max_request_items = max_request_items
         self._max_pending = max_pending_images
         self._max_input_pixels = max_input_pixels
+        self._price = price
         self._pending = 0
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._inflight: dict[str, asyncio.Future[Delivery]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._info = self._build_info(policy)
 
@@ -91,6 +128,7 @@ class ProxyModel:
             environ=environ,
             secret_file=settings.api_key_file,
             options={"project": settings.project, "location": settings.location, "region": settings.region},
+            role=settings.input_role,
         ))
         defaults = provider.spec.limits
         limits = Limits(
@@ -114,7 +152,8 @@ class ProxyModel:
                 backoff_max_s=settings.backoff_max_s, max_retry_after_s=settings.max_retry_after_s,
                 timeout_s=settings.timeout_s,
             ),
-            cache=EmbeddingCache(cache_dir, provider.name, model, provider.dim) if cache_dir else None,
+            cache=(EmbeddingCache(cache_dir, provider.name, model, provider.dim, role_key(provider))
+                   if cache_dir else None),
             price=price,
             redactor=redactor,
             max_batch=settings.max_batch,
@@ -130,9 +169,13 @@ class ProxyModel:
         preprocessing = spec.images.describe()
         if spec.vendor_preprocessing:
             preprocessing += f"; vendor side: {spec.vendor_preprocessing}"
+        preprocessing += f"; {provider.describe_role()}"
         details = {
             "provider": provider.name,
             "vendor_model": spec.name,
+            "api": provider.api_version,
+            "input_role": provider.role,
+            "vendor_role": role_key(provider) or "none sent",
             "endpoint": provider.endpoint(),
             "credentials": provider.auth.describe(),
             "vendor_batch": str(self.vendor_batch),
@@ -143,7 +186,10 @@ class ProxyModel:
             }),
             "cache": str(self.cache.directory) if self.cache else "off",
             "price": json.dumps(self._usage.price.as_dict() if self._usage.price else None),
-            "usage_contract": f"details['{USAGE_DETAILS_KEY}'] holds a JSON usage snapshot taken at each Info call",
+            "usage_contract": (
+                "each EmbedResponse.usage holds what that call cost; "
+                f"details['{USAGE_DETAILS_KEY}'] is this process's running total, for operators only"
+            ),
         }
         return ModelInfo(
             name=self.name,
@@ -154,6 +200,7 @@ class ProxyModel:
             max_batch=self._max_request_items,
             backend=provider.name,
             details={key: self.redactor(value) for key, value in details.items()},
+            fingerprint=fingerprint(fingerprint_parts(provider)),
         )
 
     def info(self) -> ModelInfo:
@@ -163,7 +210,8 @@ class ProxyModel:
         return self._usage.snapshot()
 
     def info_details(self) -> dict[str, str]:
-        """Live details merged into every Info answer (the servicer calls this per request)."""
+        """Live details merged into every Info answer (the servicer calls this per request): the
+        process's running totals for operators. A run's own usage comes from embed_billed."""
         return {USAGE_DETAILS_KEY: self.redactor(json.dumps(self.usage(), sort_keys=True))}
 
     async def start(self) -> None:
@@ -184,11 +232,20 @@ class ProxyModel:
         await self.close()
 
     async def embed(self, items: Sequence[ImageItem]) -> list[Embedding]:
+        results, _ = await self.embed_billed(items)
+        return results
+
+    async def embed_billed(self, items: Sequence[ImageItem]) -> tuple[list[Embedding], CallUsage]:
+        """One Embedding per item, in order, and what this call alone cost (BilledEmbedder)."""
         if self._pending + len(items) > self._max_pending:
             raise Overloaded(f"{self._pending} images already waiting for {self.name}")
         self._pending += len(items)
+        ledger = CallLedger()
         try:
-            outcomes = await self._embed(items)
+            outcomes = await self._embed(items, ledger)
+        except asyncio.CancelledError:
+            ledger.abandoned = True  # its batches' charges go to whoever receives their results
+            raise
         finally:
             self._pending -= len(items)
         results = []
@@ -199,7 +256,7 @@ class ProxyModel:
                 results.append(Embedding(id=item.id, error=outcome))
             else:
                 results.append(Embedding(id=item.id, vector=outcome))
-        return results
+        return results, ledger.usage
 
     # --- internals -------------------------------------------------------------------------
 
@@ -209,12 +266,13 @@ class ProxyModel:
         except ImageRejected as exc:
             return ItemError(exc.code, str(exc))
 
-    async def _embed(self, items: Sequence[ImageItem]) -> list[Outcome]:
+    async def _embed(self, items: Sequence[ImageItem], ledger: CallLedger) -> list[Outcome]:
         prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, item.data) for item in items))
         loop = asyncio.get_running_loop()
         outcomes: list[Outcome | None] = [None] * len(items)
-        waiting: dict[int, asyncio.Future] = {}
-        to_send: list[tuple[PreparedImage, asyncio.Future]] = []
+        sent: dict[int, asyncio.Future[Delivery]] = {}  # this call's own batches: charged at settle
+        joined: dict[int, asyncio.Future[Delivery]] = {}  # identical images already on their way
+        to_send: Batch = []
         for index, image in enumerate(prepared):
             if isinstance(image, ItemError):
                 outcomes[index] = image
@@ -223,68 +281,77 @@ class ProxyModel:
             self._usage.add("images_downscaled", int(image.downscaled))
             if (future := self._inflight.get(image.sha256)) is not None:
                 self._usage.add("deduplicated")
-                waiting[index] = future
+                joined[index] = future
                 continue
             cached = self.cache.get(image.sha256) if self.cache else None
             if cached is not None:
                 self._usage.add("cache_hits")
+                ledger.usage.cached_images += 1
                 outcomes[index] = cached
                 continue
             self._usage.add("cache_misses")
             future = loop.create_future()
             self._inflight[image.sha256] = future
-            waiting[index] = future
+            sent[index] = future
             to_send.append((image, future))
         for start in range(0, len(to_send), self.vendor_batch):
             # Own tasks, not this call's: a cancelled gRPC call still gets (and caches) what it paid for.
-            task = asyncio.create_task(self._send(to_send[start:start + self.vendor_batch]))
+            batch = to_send[start:start + self.vendor_batch]
+            task = asyncio.create_task(self._send(batch, BatchCharge(owner=ledger)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        for index, future in waiting.items():
-            outcomes[index] = await asyncio.shield(future)
+        for index, future in sent.items():
+            outcomes[index] = (await asyncio.shield(future)).outcome
+        for index, future in joined.items():
+            delivery = await asyncio.shield(future)
+            receive_joined(ledger.usage, delivery)
+            outcomes[index] = delivery.outcome
         return outcomes  # type: ignore[return-value]
 
-    async def _send(self, batch: list[tuple[PreparedImage, asyncio.Future]]) -> None:
+    async def _send(self, batch: Batch, charge: BatchCharge) -> None:
         images = [image for image, _ in batch]
-        results: list[Outcome] | None = None
+        results: list[Sent] | None = None
         try:
-            results = await self._request(images)
+            results = await self._request(images, charge)
         except asyncio.CancelledError:
-            results = [ItemError(ErrorCode.INTERNAL, "proxy shut down before the vendor answered")] * len(images)
+            results = _unbilled(ErrorCode.INTERNAL, "proxy shut down before the vendor answered", len(images))
             raise
         except Exception as exc:  # noqa: BLE001 - becomes a per-item error, never a lost item
             message = self.redactor(f"{type(exc).__name__}: {exc}")
             log.error("vendor call failed: %s", message)
-            results = [ItemError(ErrorCode.INTERNAL, message)] * len(images)
+            results = _unbilled(ErrorCode.INTERNAL, message, len(images))
         finally:
-            self._settle(batch, results or [ItemError(ErrorCode.INTERNAL, "interrupted")] * len(images))
+            self._settle(batch, results or _unbilled(ErrorCode.INTERNAL, "interrupted", len(images)), charge)
 
-    def _settle(self, batch: list[tuple[PreparedImage, asyncio.Future]], results: list[Outcome]) -> None:
-        for (image, future), result in zip(batch, results, strict=True):
-            if self.cache is not None and isinstance(result, np.ndarray):
+    def _settle(self, batch: Batch, results: list[Sent], charge: BatchCharge) -> None:
+        deliveries = settle_batch(charge, results, self._price)
+        for (image, future), delivery in zip(batch, deliveries, strict=True):
+            # Only checked vectors get here (vectors.py): a refused one is an error, never cached.
+            if self.cache is not None and isinstance(delivery.outcome, np.ndarray):
                 try:
-                    self.cache.put(image.sha256, result)
+                    self.cache.put(image.sha256, delivery.outcome)
                 except OSError as exc:
                     log.warning("cache write failed: %s", exc)
             self._inflight.pop(image.sha256, None)
             if not future.done():
-                future.set_result(result)
+                future.set_result(delivery)
 
-    async def _request(self, images: list[PreparedImage]) -> list[Outcome]:
+    async def _request(self, images: list[PreparedImage], charge: BatchCharge) -> list[Sent]:
         count = len(images)
         try:
-            response = await self._http.send(self.provider.build(images), count)
+            response = await self._http.send(self.provider.build(images), count, charge)
         except CredentialsError as exc:  # e.g. a token refresh refused: the vendor was never asked
             log.warning("%s: credentials failed: %s", self.name, self.redactor(str(exc)))
-            return [ItemError(ErrorCode.UPSTREAM_ERROR, self.redactor(f"{self.provider.name}: {exc}"))] * count
+            return _unbilled(ErrorCode.UPSTREAM_ERROR, self.redactor(f"{self.provider.name}: {exc}"), count)
         except UpstreamError as exc:
             if exc.splittable and count > 1:
                 # One bad image can fail a whole batch: halve it to find which.
                 half = count // 2
-                first, second = await asyncio.gather(self._request(images[:half]), self._request(images[half:]))
+                first, second = await asyncio.gather(
+                    self._request(images[:half], charge), self._request(images[half:], charge))
                 return first + second
             log.warning("%s: %d image(s) failed: %s", self.name, count, exc.message)
-            return [ItemError(ErrorCode.UPSTREAM_ERROR, f"{self.provider.name}: {exc.message}")] * count
+            return _unbilled(ErrorCode.UPSTREAM_ERROR, f"{self.provider.name}: {exc.message}", count)
 
         # Large answers (96 x 1536 floats is ~2 MB of JSON) are decoded off the event loop so
         # admissions and sends of other requests are not held up behind them.
@@ -292,9 +359,11 @@ class ProxyModel:
             outcomes, billed = await asyncio.to_thread(self._decode, response.content, count)
         else:
             outcomes, billed = self._decode(response.content, count)
+        # A 200 answer is billed by the vendor whatever we make of it.
+        charge.add_billed(count, billed)
         self._usage.add_billed(billed)
         self._usage.add("images_embedded", sum(isinstance(o, np.ndarray) for o in outcomes))
-        return outcomes
+        return [(outcome, True) for outcome in outcomes]
 
     def _decode(self, content: bytes, count: int) -> tuple[list[Outcome], Mapping[str, float]]:
         def invalid(message: str) -> list[Outcome]:
@@ -310,22 +379,5 @@ class ProxyModel:
             return invalid(f"unexpected answer shape: {exc}"), {}
         if len(parsed.vectors) != count:
             return invalid(f"returned {len(parsed.vectors)} vectors for {count} images"), parsed.billed
-        return [self._check(vector) for vector in parsed.vectors], parsed.billed
-
-    def _check(self, values) -> Outcome:
-        try:
-            vector = np.asarray(values)
-        except (TypeError, ValueError):  # ragged nesting
-            vector = np.empty(0, dtype=object)
-        # A null or string in the list gives an object array; numpy would turn None into NaN silently.
-        if vector.dtype.kind not in "iuf":
-            return ItemError(ErrorCode.INVALID_OUTPUT, f"{self.provider.name}: vector holds non-numbers")
-        if vector.ndim != 1 or vector.shape[0] != self.provider.dim:
-            return ItemError(
-                ErrorCode.INVALID_OUTPUT,
-                f"{self.provider.name}: vector of shape {vector.shape}, expected ({self.provider.dim},)",
-            )
-        vector = vector.astype(np.float32)
-        if not np.isfinite(vector).all():
-            return ItemError(ErrorCode.INVALID_OUTPUT, f"{self.provider.name}: vector holds NaN or infinity")
-        return vector
+        checked = [check_vector(vector, self.provider.dim, self.provider.name) for vector in parsed.vectors]
+        return checked, parsed.billed

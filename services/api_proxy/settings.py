@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -30,6 +30,10 @@ class ProxySettings(ServerSettings):
     provider: str = Field("cohere", description="one of services.api_proxy.providers.registry.PROVIDERS")
     model: str | None = Field(None, description="vendor model id; default: the provider's first model")
     dimension: int | None = Field(None, ge=1, description="output dimension; default: the model's default")
+    input_role: Literal["document", "query", "none"] | None = Field(
+        None, description="embed images as gallery documents or as queries (the vendor's role field); "
+        "default: the provider's (see docs/providers.md)",
+    )
 
     # Limits: None = the provider's published default, 0 = unlimited.
     rpm: float | None = Field(None, ge=0, description="requests per minute")

@@ -1,7 +1,9 @@
-"""What a run cost: requests, images, retries, 429s, cache hits, billed units and estimated price.
+"""Prices, and the running totals of one proxy process (requests, images, retries, 429s, cache
+hits, billed units, estimated price) for operators.
 
-The snapshot is served as JSON in `Info().details["usage"]` (see docs/providers.md): the evaluator
-calls Info at the end of a run and writes it into the run's results.
+The totals are served as JSON in `Info().details["lifetime_usage"]`. They cover everything the
+process did, for every client: results never use them. What one call cost travels on its own
+EmbedResponse (accounting.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-USAGE_DETAILS_KEY = "usage"
+USAGE_DETAILS_KEY = "lifetime_usage"
 USAGE_SCHEMA = "vsbench.proxy.usage/1"
 
 

@@ -1,11 +1,13 @@
 """Fake commercial embedding APIs: real HTTP servers on 127.0.0.1 speaking each vendor's wire format.
 
 Each `Vendor` checks a request exactly as its vendor documents it (path, auth header, body shape,
-image format and size limits) and answers in the vendor's shape, with vectors derived from the
-sha256 of the image bytes it received, so a test can tell which image each vector belongs to.
-`FakeVendorServer` adds scripted faults (429 with/without Retry-After, 5xx, slow answers, broken
-JSON, wrong counts, wrong sizes, NaN, dropped connections), random 429s, and records every request
-on the server's own clock so tests can check the client's rate limits from the receiving end.
+image format and size limits, input role values) and answers in the vendor's shape, with vectors
+derived from the sha256 of the image bytes it received and from the role (a query-role request
+gets other vectors, as a vendor's query adapter would), so a test can tell which image and role
+each vector belongs to. `FakeVendorServer` adds scripted faults (429 with/without Retry-After,
+5xx, slow answers, broken JSON, wrong counts, wrong sizes, NaN, vectors scaled to absurd norms,
+zero vectors, dropped connections), random 429s, and records every request (with its role) on
+the server's own clock so tests can check the client's rate limits from the receiving end.
 
 Run standalone (for bench/proxy.py): python -m tests.fakes.vendors --vendor cohere --port 0
 """
@@ -51,6 +53,7 @@ class Request:
     query: str
     headers: Mapping[str, str]  # lower-case names
     body: bytes
+    role: str | None = None  # the vendor role value the request carried, set by Vendor.check
 
     def json(self) -> Any:
         try:
@@ -61,13 +64,15 @@ class Request:
 
 @dataclass(frozen=True)
 class Fault:
-    """One scripted answer. kinds: 429, status, slow, malformed, count, dims, nan, null, drop."""
+    """One scripted answer. kinds: 429, status, slow, malformed, count, dims, nan, null, drop,
+    scale (every value of the first vector set to `value`), zero (first vector all zeros)."""
 
     kind: str
     status: int = 0
     retry_after: str | None = None
     seconds: float = 0.0
     message: str = ""
+    value: float = 0.0
 
 
 @dataclass
@@ -77,11 +82,14 @@ class Received:
     images: int
     status: int = 0
     fault: str = ""
+    role: str | None = None
 
 
-def expected_vector(image: bytes, dim: int) -> np.ndarray:
-    """The vector the fake returns for these exact bytes: unit-length, seeded by their sha256."""
-    seed = int.from_bytes(hashlib.sha256(image).digest()[:8], "little")
+def expected_vector(image: bytes, dim: int, role: str = "") -> np.ndarray:
+    """The vector the fake returns for these exact bytes: unit-length, seeded by their sha256;
+    role "query" for a request in the vendor's query role, "" for any other."""
+    digest = hashlib.sha256(image + role.encode()).digest() if role else hashlib.sha256(image).digest()
+    seed = int.from_bytes(digest[:8], "little")
     vector = np.random.default_rng(seed).standard_normal(dim)
     return (vector / np.linalg.norm(vector)).astype(np.float32)
 
@@ -159,6 +167,8 @@ class Vendor:
 
     name = ""
     throttle_message = "rate limit exceeded"
+    # Role values whose vectors differ (a query adapter); every other accepted value embeds as usual.
+    query_values: frozenset[str] = frozenset()
 
     def __init__(self, dim: int, key: str = "test-key") -> None:
         self.dim = dim
@@ -182,6 +192,9 @@ class CohereVendor(Vendor):
     name = "cohere"
     throttle_message = "You are using a Trial key, which is limited to 5 API calls / minute."
     formats = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+    # docs.cohere.com/docs/embeddings: "image" on embed-v4.0 falls back to search_document.
+    input_types = ("search_document", "search_query", "classification", "clustering", "image")
+    query_values = frozenset({"search_query"})
 
     def check(self, request: Request) -> list[bytes]:
         if request.path != "/v2/embed":
@@ -190,8 +203,11 @@ class CohereVendor(Vendor):
         if not request.headers.get("content-type", "").startswith("application/json"):
             raise Reject(400, "content-type must be application/json")
         body = _keys(request.json(), {"model", "input_type", "embedding_types", "output_dimension", "inputs"})
-        if body["model"] != "embed-v4.0" or body["input_type"] != "image" or body["embedding_types"] != ["float"]:
-            raise Reject(400, "model must be embed-v4.0, input_type image, embedding_types [float]")
+        if body["model"] != "embed-v4.0" or body["embedding_types"] != ["float"]:
+            raise Reject(400, "model must be embed-v4.0, embedding_types [float]")
+        if body["input_type"] not in self.input_types:
+            raise Reject(400, f"invalid input_type {body['input_type']!r}: one of {', '.join(self.input_types)}")
+        request.role = body["input_type"]
         if body["output_dimension"] not in (256, 512, 1024, 1536) or body["output_dimension"] != self.dim:
             raise Reject(400, f"invalid output_dimension {body['output_dimension']}")
         inputs = body["inputs"]
@@ -291,6 +307,9 @@ class GeminiVendor(_GoogleErrors):
     name = "gemini"
     throttle_message = "Resource has been exhausted (e.g. check quota)."
     formats = {"JPEG": "image/jpeg", "PNG": "image/png"}
+    task_types = ("RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY", "CLASSIFICATION", "CLUSTERING",
+                  "CODE_RETRIEVAL_QUERY", "QUESTION_ANSWERING", "FACT_VERIFICATION")
+    query_values = frozenset({"RETRIEVAL_QUERY"})
 
     def check(self, request: Request) -> list[bytes]:
         if request.path != "/v1beta/models/gemini-embedding-2:batchEmbedContents":
@@ -304,6 +323,12 @@ class GeminiVendor(_GoogleErrors):
         if not isinstance(requests, list) or not 1 <= len(requests) <= 6:
             raise Reject(400, "requests must hold 1 to 6 entries")
         images = []
+        roles = {entry.get("taskType") if isinstance(entry, dict) else None for entry in requests}
+        if len(roles) != 1:
+            raise Reject(400, "this fake expects one taskType per batch")
+        request.role = roles.pop()
+        if request.role is not None and request.role not in self.task_types:
+            raise Reject(400, f"Invalid value at 'requests[0].task_type' ({request.role})")
         for entry in requests:
             entry = _keys(entry, {"model", "content", "outputDimensionality"}, {"taskType", "title"}, what="request")
             if entry["model"] != "models/gemini-embedding-2":
@@ -335,6 +360,7 @@ class VoyageVendor(Vendor):
     name = "voyage"
     throttle_message = "You have exceeded your rate limit."
     formats = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+    query_values = frozenset({"query"})
 
     def __init__(self, dim: int, key: str = "pa-test-key", model: str = "voyage-multimodal-3.5",
                  shuffle: bool = False) -> None:
@@ -353,6 +379,7 @@ class VoyageVendor(Vendor):
             raise Reject(400, f"model mismatch {body['model']}")
         if body.get("input_type") not in (None, "query", "document"):
             raise Reject(400, "input_type must be query, document or null")
+        request.role = body.get("input_type")
         if self.model == "voyage-multimodal-3" and "output_dimension" in body:
             raise Reject(400, "voyage-multimodal-3 has no output_dimension")
         if body.get("output_dimension", 1024) not in (256, 512, 1024, 2048) or body.get("output_dimension", 1024) != self.dim:
@@ -390,6 +417,7 @@ class JinaVendor(Vendor):
     name = "jina"
     formats = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
     tasks = ("retrieval.query", "retrieval.passage", "text-matching", "code.query", "code.passage")
+    query_values = frozenset({"retrieval.query"})
 
     def check(self, request: Request) -> list[bytes]:
         if request.path != "/v1/embeddings":
@@ -399,6 +427,7 @@ class JinaVendor(Vendor):
                      {"normalized", "truncate", "late_chunking"})
         if body["model"] != "jina-embeddings-v4" or body["task"] not in self.tasks:
             raise Reject(422, "model must be jina-embeddings-v4 and task one of " + ", ".join(self.tasks))
+        request.role = body["task"]
         if body["dimensions"] not in (128, 256, 512, 1024, 2048) or body["dimensions"] != self.dim:
             raise Reject(422, "invalid dimensions")
         if body["embedding_type"] != "float":
@@ -567,8 +596,12 @@ class FakeVendorServer:
         latency_s: float = 0.0,
         seed: int = 0,
         poison: set[bytes] | None = None,
+        hold: threading.Event | None = None,
     ) -> None:
         self.vendor = vendor
+        # While set to an unset Event, every checked request waits for it before being answered:
+        # a test can hold requests in flight for exactly as long as it needs.
+        self.hold = hold
         # Images the vendor refuses with a 400 for the whole request, like a real one-bad-image batch.
         self.poison = poison or set()
         self.faults: deque[Fault] = deque(faults or [])
@@ -633,6 +666,7 @@ class FakeVendorServer:
         try:
             images = self.vendor.check(request)
             record.images = len(images)
+            record.role = request.role
             if any(image in self.poison for image in images):
                 raise Reject(400, "invalid image: the model could not process one of the inputs")
         except Reject as reject:
@@ -645,13 +679,16 @@ class FakeVendorServer:
         record.images = len(images)
         fault = self._next_fault()
         record.fault = fault.kind if fault else ""
+        if self.hold is not None:
+            self.hold.wait(timeout=60)
         if self.latency_s:
             time.sleep(self.latency_s)
         if fault is not None and self._apply_fault(handler, fault, images, record):
             return
-        vectors = [expected_vector(image, self.vendor.dim).tolist() for image in images]
+        role = "query" if request.role in self.vendor.query_values else ""
+        vectors = [expected_vector(image, self.vendor.dim, role).tolist() for image in images]
         if fault is not None:
-            vectors = _corrupt(fault.kind, vectors)
+            vectors = _corrupt(fault, vectors)
         record.status = 200
         if fault is None:
             with self._lock:
@@ -723,7 +760,12 @@ class FakeVendorServer:
         return problems
 
 
-def _corrupt(kind: str, vectors: list[list[float]]) -> list[list[float]]:
+def _corrupt(fault: Fault, vectors: list[list[float]]) -> list[list[float]]:
+    kind = fault.kind
+    if kind == "scale":
+        return [[fault.value] * len(vectors[0])] + vectors[1:]
+    if kind == "zero":
+        return [[0.0] * len(vectors[0])] + vectors[1:]
     if kind == "count":
         return vectors[:-1] if len(vectors) > 1 else vectors + vectors
     if kind == "dims":

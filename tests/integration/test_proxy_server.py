@@ -99,6 +99,8 @@ def test_proxy_server_end_to_end_with_bearer_token_and_no_secret_leaks(tmp_path)
                 answers.append(str(response))
                 results = wire.response_from_pb(response)
                 assert response.request_id == "r1" and [r.id for r in results] == ["a0", "a1", "a2", "junk"]
+                # This call's own cost: 429, 503, 422 for the batch of 3, then its two halves.
+                first_usage = wire.response_usage(response)
                 for result, data in zip(results[:3], images[:3]):
                     assert result.ok, result.error
                     np.testing.assert_array_equal(result.vector, expected_vector(data, DIM))
@@ -115,8 +117,9 @@ def test_proxy_server_end_to_end_with_bearer_token_and_no_secret_leaks(tmp_path)
                 assert set(streamed) == {"s1", "s2"}
                 for result in wire.response_from_pb(streamed["s2"]):
                     assert result.ok
+                stream_usage = [wire.response_usage(streamed[k]) for k in ("s1", "s2")]
 
-                usage = json.loads(stub.Info(pb.InfoRequest(), metadata=auth, timeout=10).details["usage"])
+                usage = json.loads(stub.Info(pb.InfoRequest(), metadata=auth, timeout=10).details["lifetime_usage"])
                 answers.append(json.dumps(usage))
         finally:
             process.send_signal(signal.SIGTERM)
@@ -127,6 +130,13 @@ def test_proxy_server_end_to_end_with_bearer_token_and_no_secret_leaks(tmp_path)
         stderr = process.stderr.read()
 
     assert process.returncode == 0, stderr[-2000:]
+    assert first_usage.to_dict() == {"billed_images": 3, "cached_images": 0, "requests": 5, "retries": 2,
+                                     "rate_limited": 1, "cost_usd": round(3 * 0.00047, 6)}
+    # The stream's two requests run concurrently: whichever sends images[4] pays for it, the other
+    # gets it as cached; images[0] is a cache hit. Together: 4 billed, 2 cached, in one vendor request
+    # or two.
+    assert sum(u.billed_images for u in stream_usage) == 4 and sum(u.cached_images for u in stream_usage) == 2
+    assert sum(u.requests for u in stream_usage) in (1, 2) and sum(u.retries for u in stream_usage) == 0
     assert usage["http_429"] == 1 and usage["retries"] == 2
     # Stream batches run concurrently: a repeat is a cache hit or joins the identical request in flight.
     assert usage["images_embedded"] == 7 and usage["cache_hits"] + usage["deduplicated"] == 2
@@ -144,8 +154,9 @@ def test_proxy_server_end_to_end_with_bearer_token_and_no_secret_leaks(tmp_path)
     assert "cohere/embed-v4.0" in stderr  # the logs did run, at DEBUG
 
 
-def test_in_process_server_serves_usage_through_info(monkeypatch):
-    """BackgroundServer + the servicer's info_details hook: usage moves between two Info calls."""
+def test_in_process_server_serves_lifetime_usage_through_info(monkeypatch):
+    """BackgroundServer + the servicer's info_details hook: the operator's running totals move
+    between two Info calls."""
     from services.api_proxy.model import ProxyModel
     from services.common.grpc_server import BackgroundServer
     from services.common.settings import ServerSettings
@@ -159,13 +170,51 @@ def test_in_process_server_serves_usage_through_info(monkeypatch):
             with grpc.insecure_channel(server.address) as channel:
                 stub = pb_grpc.EmbedderStub(channel)
                 auth = (("authorization", "Bearer t0ken-value"),)
-                before = json.loads(stub.Info(pb.InfoRequest(), metadata=auth).details["usage"])
+                before = json.loads(stub.Info(pb.InfoRequest(), metadata=auth).details["lifetime_usage"])
                 batch = [ImageItem(str(i), d) for i, d in enumerate(make_images(8, start=77))]
                 response = stub.Embed(wire.request_to_pb(batch), metadata=auth, timeout=30)
-                after = json.loads(stub.Info(pb.InfoRequest(), metadata=auth).details["usage"])
+                after = json.loads(stub.Info(pb.InfoRequest(), metadata=auth).details["lifetime_usage"])
     assert before["images_embedded"] == 0 and after["images_embedded"] == 8
     assert after["requests"] == 2  # 8 images in Gemini batches of at most 6
     assert all(r.ok for r in wire.response_from_pb(response))
+
+
+def test_each_response_carries_the_usage_of_its_own_request(monkeypatch, tmp_path):
+    """Per-call usage over real gRPC on loopback: Embed and EmbedStream answers each hold what that
+    request cost; a repeat is cached, not billed; the fingerprint and role come with Info."""
+    from services.api_proxy.model import ProxyModel
+    from services.common.grpc_server import BackgroundServer
+    from services.common.settings import ServerSettings
+    from tests.fakes.proxy import apply_environ, make_vendor, proxy_settings, vendor_environ
+
+    images = make_images(5, start=900)
+    vendor = make_vendor("cohere", dim=256)
+    apply_environ(monkeypatch, vendor_environ(vendor))
+    with FakeVendorServer(vendor, faults=[Fault("429", retry_after="0")]) as fake:
+        settings = proxy_settings("cohere", fake, no_cache=False, cache_dir=tmp_path, input_role="query")
+        model = ProxyModel.from_settings(settings)
+        with BackgroundServer(model, ServerSettings(port=0)) as server:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = pb_grpc.EmbedderStub(channel)
+                info = wire.info_from_pb(stub.Info(pb.InfoRequest(), timeout=10))
+                first = stub.Embed(wire.request_to_pb([ImageItem(f"a{i}", d) for i, d in enumerate(images[:3])]),
+                                   timeout=30)
+                second = stub.Embed(wire.request_to_pb([ImageItem("b0", images[0]), ImageItem("b1", images[3])]),
+                                    timeout=30)
+                streamed = list(stub.EmbedStream(iter([
+                    wire.request_to_pb([ImageItem("s0", images[4])], request_id="s0"),
+                ]), timeout=30))
+    assert info.fingerprint.startswith("sha256:") and info.details["input_role"] == "query"
+    assert all(r.ok for r in wire.response_from_pb(first) + wire.response_from_pb(second))
+    assert wire.response_usage(first).to_dict() == {
+        "billed_images": 3, "cached_images": 0, "requests": 2, "retries": 1, "rate_limited": 1,
+        "cost_usd": round(3 * 0.00047, 6)}
+    assert wire.response_usage(second).to_dict() == {
+        "billed_images": 1, "cached_images": 1, "requests": 1, "retries": 0, "rate_limited": 0,
+        "cost_usd": round(0.00047, 6)}
+    [only] = streamed
+    assert (wire.response_usage(only).billed_images, wire.response_usage(only).requests) == (1, 1)
+    assert {r.role for r in fake.received} == {"search_query"} and fake.rejections == []
 
 
 def test_missing_credentials_stop_the_server_with_a_clear_message(tmp_path):

@@ -180,19 +180,22 @@ def test_voyage_multimodal_3_sends_no_output_dimension(monkeypatch):
     assert fake.rejections == [] and all(r.ok for r in results)
 
 
-def test_cohere_request_body_is_exactly_the_documented_shape(monkeypatch):
+@pytest.mark.parametrize("role, input_type", [(None, "search_document"), ("document", "search_document"),
+                                              ("query", "search_query")])
+def test_cohere_request_body_is_exactly_the_documented_shape(role, input_type):
     """Read back what went over the wire, independently of the fake's own checks."""
     from services.api_proxy.providers.cohere import CohereProvider
     from services.api_proxy.credentials import HeaderKeyAuth
     from services.api_proxy.images import prepare
 
-    provider = CohereProvider(CohereProvider.models["embed-v4.0"], 512, "https://api.cohere.com", HeaderKeyAuth("k", "t"))
+    provider = CohereProvider(CohereProvider.models["embed-v4.0"], 512, "https://api.cohere.com",
+                              HeaderKeyAuth("k", "t"), role)
     image = make_images(1)[0]
     call = provider.build([prepare(image, provider.spec.images)])
     assert call.url == "https://api.cohere.com/v2/embed" and call.method == "POST"
     body = json.loads(call.body)
     assert body == {
-        "model": "embed-v4.0", "input_type": "image", "embedding_types": ["float"], "output_dimension": 512,
+        "model": "embed-v4.0", "input_type": input_type, "embedding_types": ["float"], "output_dimension": 512,
         "inputs": [{"content": [{"type": "image_url", "image_url": {
             "url": "data:image/jpeg;base64," + base64.b64encode(image).decode()}}]}],
     }

@@ -82,7 +82,7 @@ def test_price_table_overrides_and_cost_follows_billed_units(monkeypatch, tmp_pa
     assert usage["cost_basis"] == "vendor-billed tokens"
 
 
-def test_usage_snapshot_counts_a_run(monkeypatch):
+def test_lifetime_usage_snapshot_counts_everything_the_process_did(monkeypatch):
     async def scenario():
         async with proxied("titan", monkeypatch) as (fake, model):
             images = make_images(3)
@@ -94,7 +94,7 @@ def test_usage_snapshot_counts_a_run(monkeypatch):
     assert (usage["requests"], usage["requests_ok"], usage["images_embedded"], usage["items_failed"]) == (3, 3, 3, 1)
     assert usage["errors"] == {"INVALID_IMAGE": 1}
     assert usage["estimated_cost_usd"] == pytest.approx(3 * 0.00006)
-    assert json.loads(details["usage"]) == usage
+    assert json.loads(details["lifetime_usage"]) == usage
 
 
 @pytest.mark.parametrize("name, text", [

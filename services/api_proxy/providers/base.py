@@ -24,6 +24,9 @@ from services.api_proxy.usage import Price
 # Retried besides 429 unless a provider says otherwise.
 DEFAULT_RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
+# What an image is embedded as: a gallery item ("document"), a query, or with no role field at all.
+INPUT_ROLES = ("document", "query", "none")
+
 
 class MalformedResponse(Exception):
     """A 200 answer that cannot be read as the vendor's documented shape."""
@@ -78,6 +81,8 @@ class ProviderContext:
     environ: Mapping[str, str]
     secret_file: Path | None = None
     options: Mapping[str, str | None] = field(default_factory=dict)
+    # One of INPUT_ROLES; None = the provider's default_role.
+    role: str | None = None
 
 
 class Provider(ABC):
@@ -87,12 +92,39 @@ class Provider(ABC):
     # Vendor SDK variable names, in the order their SDKs look them up.
     key_variables: ClassVar[tuple[str, ...]] = ()
     retry_statuses: ClassVar[frozenset[int]] = DEFAULT_RETRY_STATUSES
+    # The vendor API and method called: part of the fingerprint (another API = other vectors).
+    api_version: ClassVar[str]
+    # The request field that carries the input role, and its value per role in INPUT_ROLES
+    # (None = the field is left out). A role missing here is refused at start.
+    role_field: ClassVar[str] = ""
+    role_values: ClassVar[Mapping[str, str | None]] = {"none": None}
+    default_role: ClassVar[str] = "none"
 
-    def __init__(self, spec: ModelSpec, dim: int, base_url: str, auth: Auth) -> None:
+    def __init__(self, spec: ModelSpec, dim: int, base_url: str, auth: Auth, role: str | None = None) -> None:
         self.spec = spec
         self.dim = spec.check_dim(dim)
         self.base_url = base_url.rstrip("/")
         self.auth = auth
+        self.role = self.check_role(role or self.default_role)
+
+    @classmethod
+    def check_role(cls, role: str) -> str:
+        if role not in cls.role_values:
+            offered = ", ".join(cls.role_values)
+            where = f" (sent as {cls.role_field})" if cls.role_field else " (it has no role field)"
+            raise ValueError(f"{cls.name} offers input roles {offered}{where}, not {role!r}")
+        return role
+
+    @property
+    def role_value(self) -> str | None:
+        """What the vendor's role field carries for this process's role; None = not sent."""
+        return self.role_values[self.role]
+
+    def describe_role(self) -> str:
+        value = self.role_value
+        if value is None:
+            return f"input role {self.role}: no role field sent"
+        return f"input role {self.role}: {self.role_field}={value}"
 
     @classmethod
     def spec_for(cls, model: str) -> ModelSpec:
@@ -109,7 +141,7 @@ class Provider(ABC):
         spec = cls.spec_for(ctx.model)
         key, source = read_secret(cls.key_variables, ctx.environ, ctx.secret_file)
         return cls(spec, ctx.dimension or spec.default_dim, ctx.base_url or cls.default_base_url,
-                   cls.make_key_auth(key, source))
+                   cls.make_key_auth(key, source), ctx.role)
 
     @classmethod
     def make_key_auth(cls, key: str, source: str) -> Auth:

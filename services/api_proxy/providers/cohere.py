@@ -29,11 +29,17 @@ class CohereProvider(Provider):
     models = {EMBED_V4.name: EMBED_V4}
     # The cohere SDK reads CO_API_KEY; COHERE_API_KEY is the other common spelling.
     key_variables = ("CO_API_KEY", "COHERE_API_KEY")
+    api_version = "v2/embed"
+    # input_type is required for v3+ models; "image" on embed-v4.0 falls back to search_document
+    # (docs.cohere.com/docs/embeddings), so the roles are sent explicitly.
+    role_field = "input_type"
+    role_values = {"document": "search_document", "query": "search_query"}
+    default_role = "document"
 
     def build(self, images: Sequence[PreparedImage]) -> HttpCall:
         body = {
             "model": self.spec.name,
-            "input_type": "image",
+            "input_type": self.role_value,
             "embedding_types": ["float"],
             "output_dimension": self.dim,
             "inputs": [

@@ -35,6 +35,12 @@ class GeminiProvider(Provider):
     default_base_url = "https://generativelanguage.googleapis.com"
     models = {EMBEDDING_2.name: EMBEDDING_2}
     key_variables = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    api_version = "v1beta/batchEmbedContents"
+    # EmbedContentRequest.taskType. Whether gemini-embedding-2 honours it for images is UNCONFIRMED
+    # (Google describes task instructions in the text for this model), so by default none is sent.
+    role_field = "taskType"
+    role_values = {"document": "RETRIEVAL_DOCUMENT", "query": "RETRIEVAL_QUERY", "none": None}
+    default_role = "none"
 
     @classmethod
     def make_key_auth(cls, key: str, source: str) -> Auth:
@@ -43,12 +49,14 @@ class GeminiProvider(Provider):
 
     def build(self, images: Sequence[PreparedImage]) -> HttpCall:
         model = f"models/{self.spec.name}"
+        role = {} if self.role_value is None else {"taskType": self.role_value}
         body = {
             "requests": [
                 {
                     "model": model,
                     "content": {"parts": [{"inline_data": {"mime_type": image.mime, "data": b64(image)}}]},
                     "outputDimensionality": self.dim,
+                    **role,
                 }
                 for image in images
             ]

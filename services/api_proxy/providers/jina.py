@@ -28,11 +28,16 @@ class JinaProvider(Provider):
     default_base_url = "https://api.jina.ai"
     models = {JINA_V4.name: JINA_V4}
     key_variables = ("JINA_API_KEY",)
+    api_version = "v1/embeddings"
+    # jina-embeddings-v4 picks a task adapter per request; retrieval.* are the search pair.
+    role_field = "task"
+    role_values = {"document": "retrieval.passage", "query": "retrieval.query"}
+    default_role = "document"
 
     def build(self, images: Sequence[PreparedImage]) -> HttpCall:
         body = {
             "model": self.spec.name,
-            "task": "retrieval.passage",
+            "task": self.role_value,
             "dimensions": self.dim,
             "embedding_type": "float",
             "input": [{"image": b64(image)} for image in images],

@@ -29,6 +29,7 @@ class TitanProvider(Provider):
     name = "titan"
     default_base_url = "https://bedrock-runtime.{region}.amazonaws.com"
     models = {TITAN_IMAGE_V1.name: TITAN_IMAGE_V1}
+    api_version = "bedrock/InvokeModel"  # Titan multimodal has no input role
 
     @classmethod
     def create(cls, ctx: ProviderContext) -> "TitanProvider":
@@ -37,7 +38,7 @@ class TitanProvider(Provider):
         region = ctx.options.get("region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
         auth = AwsSigV4Auth("bedrock", region)
         base_url = ctx.base_url or cls.default_base_url.format(region=region)
-        return cls(spec, ctx.dimension or spec.default_dim, base_url, auth)
+        return cls(spec, ctx.dimension or spec.default_dim, base_url, auth, ctx.role)
 
     def build(self, images: Sequence[PreparedImage]) -> HttpCall:
         if len(images) != 1:

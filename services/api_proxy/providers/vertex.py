@@ -33,9 +33,11 @@ class VertexProvider(Provider):
     name = "vertex"
     default_base_url = "https://{location}-aiplatform.googleapis.com"
     models = {MULTIMODAL_001.name: MULTIMODAL_001}
+    api_version = "v1/predict"  # multimodalembedding@001 has no input role for images
 
-    def __init__(self, spec: ModelSpec, dim: int, base_url: str, auth: Auth, project: str, location: str) -> None:
-        super().__init__(spec, dim, base_url, auth)
+    def __init__(self, spec: ModelSpec, dim: int, base_url: str, auth: Auth, project: str, location: str,
+                 role: str | None = None) -> None:
+        super().__init__(spec, dim, base_url, auth, role)
         self.project = project
         self.location = location
 
@@ -49,7 +51,7 @@ class VertexProvider(Provider):
         location = ctx.options.get("location") or env.get("GOOGLE_CLOUD_LOCATION") or DEFAULT_LOCATION
         auth = GoogleBearerAuth(google_token_source(env, ctx.secret_file))
         base_url = ctx.base_url or cls.default_base_url.format(location=location)
-        return cls(spec, ctx.dimension or spec.default_dim, base_url, auth, project, location)
+        return cls(spec, ctx.dimension or spec.default_dim, base_url, auth, project, location, ctx.role)
 
     def build(self, images: Sequence[PreparedImage]) -> HttpCall:
         if len(images) != 1:

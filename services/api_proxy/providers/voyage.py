@@ -34,13 +34,18 @@ class VoyageProvider(Provider):
     default_base_url = "https://api.voyageai.com"
     models = {spec.name: spec for spec in (MULTIMODAL_3_5, MULTIMODAL_3)}
     key_variables = ("VOYAGE_API_KEY",)
+    api_version = "v1/multimodalembeddings"
+    role_field = "input_type"
+    role_values = {"document": "document", "query": "query", "none": None}  # None: left out (null)
+    default_role = "document"
 
     def build(self, images: Sequence[PreparedImage]) -> HttpCall:
         body: dict[str, Any] = {
             "model": self.spec.name,
             "inputs": [{"content": [{"type": "image_base64", "image_base64": data_uri(image)}]} for image in images],
-            "input_type": "document",
         }
+        if self.role_value is not None:
+            body["input_type"] = self.role_value
         if len(self.spec.dims) > 1:  # only models with a choice accept the parameter
             body["output_dimension"] = self.dim
         return self.json_call(f"{self.base_url}/v1/multimodalembeddings", body)
