@@ -91,26 +91,72 @@ def score(
 def score_ilias(
     features: Path = typer.Argument(..., exists=True, file_okay=False, help="folder of ILIAS's official HDF5 features"),
     out: Path = typer.Option(..., "--out", help="results JSON to write (a .queries.jsonl is written beside it)"),
+    protocol: str = typer.Option(
+        "ilias", "--protocol", help="ilias: the official evaluation (as-stored scores, official AP); vsbench: ours"
+    ),
+    ilias_dir: Optional[Path] = typer.Option(
+        None, "--ilias-dir", file_okay=False,
+        help="ILIAS folder holding image_ids/ (default: FEATURES or its parent when they hold it)",
+    ),
     k: str = typer.Option("1,5", "--k", help="Recall@K cut-offs"),
     map_k: str = typer.Option("20,1000", "--map-k", help="mAP@K cut-offs (ILIAS's own metric is mAP@1000)"),
-    max_distractors: Optional[int] = typer.Option(None, help="use only the first N distractors"),
+    text_queries: bool = typer.Option(False, "--text-queries", help="also score features_text_queries.hdf5"),
+    total_distractors: Optional[int] = typer.Option(
+        None, "--total-distractors", min=0, help="use the first N distractor files (official --total_distractors)"
+    ),
+    max_distractors: Optional[int] = typer.Option(None, min=0, help="use only the first N distractors"),
     mini_ids: Optional[Path] = typer.Option(None, help="id list selecting distractors (e.g. mini-ILIAS 5M)"),
-    engine: str = typer.Option("auto", help="search engine: auto, torch, numpy"),
+    taxonomy: Optional[Path] = typer.Option(
+        None, "--taxonomy", dir_okay=False, help="official misc/taxonomy.json for category breakdowns"
+    ),
+    engine: str = typer.Option("auto", help="search engine for --protocol vsbench: auto, torch, numpy"),
 ) -> None:
     """Score published ILIAS features (features_image_queries / positives / distractors_*.hdf5)."""
     from services.evaluator.datasets.base import DatasetError
-    from services.evaluator.precomputed import score_ilias_features
+    from services.evaluator.ilias import PROTOCOLS
 
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"--protocol takes {' or '.join(PROTOCOLS)}, got {protocol!r}")
     _check_engine(engine)
+    recall_k, map_ks = _parse_ks(k, "--k"), _parse_ks(map_k, "--map-k")
     try:
-        summary, outcomes = score_ilias_features(
-            features, recall_k=_parse_ks(k, "--k"), map_k=_parse_ks(map_k, "--map-k"),
-            max_distractors=max_distractors, selected_ids=mini_ids, engine=engine,
-        )
+        if protocol == "ilias":
+            from services.evaluator.ilias.official import score_ilias_official
+
+            summary, outcomes = score_ilias_official(
+                features, dataset_dir=ilias_dir, recall_k=recall_k, map_k=map_ks, text_queries=text_queries,
+                total_distractors=total_distractors, max_distractors=max_distractors, selected_ids=mini_ids,
+                taxonomy=taxonomy,
+            )
+        else:
+            from services.evaluator.ilias.vsbench import score_ilias_vsbench
+
+            if text_queries or taxonomy is not None:
+                _fail("--text-queries and --taxonomy need --protocol ilias")
+            summary, outcomes = score_ilias_vsbench(
+                features, recall_k=recall_k, map_k=map_ks, max_distractors=max_distractors,
+                selected_ids=mini_ids, distractor_files=total_distractors, engine=engine,
+            )
     except DatasetError as exc:
         _fail(str(exc).splitlines()[0])
         return
     _write_score(out, {"schema": "vsbench.score/v1", "inputs": {"features": str(features)}, **summary}, outcomes)
+    _print_ilias_extras(summary)
+
+
+def _print_ilias_extras(summary: dict) -> None:
+    """The official evaluation's extra lines: text-query metrics and the breakdowns of the largest K."""
+    text = summary.get("text_queries")
+    if text:
+        console.print("text queries: " + ", ".join(f"{n} {v:.2f}" for n, v in text["metrics"].items()),
+                      highlight=False)
+    for query_set, per_k in summary.get("breakdowns", {}).items():
+        name, parts = max(per_k.items(), key=lambda item: int(item[0].split("@")[1]))
+        line = [f"oracle {parts['oracle']:.2f}"]
+        for group in ("scale", "clutter", "categories"):
+            if parts.get(group):
+                line.append(f"{group}: " + ", ".join(f"{g} {v:.2f}" for g, v in parts[group].items()))
+        console.print(f"{query_set} queries {name} " + "; ".join(line), highlight=False, soft_wrap=True)
 
 
 def _write_score(out: Path, summary: dict, outcomes) -> None:

@@ -68,14 +68,12 @@ def find_ilias_feature_files(directory: str | os.PathLike, *, prefix: str = "fea
                 f"{top}: distractor feature files must be numbered from 00000 without gaps; "
                 f"{prefix}_distractors_{expected:05d}.hdf5 is missing (found {path.name})"
             )
+    text_candidates = [top / n.format(prefix=prefix) for n in TEXT_QUERY_FEATURE_NAMES]
     return IliasFeatureFiles(
         queries=first(QUERY_FEATURE_NAMES, "image query"),
         positives=first(POSITIVE_FEATURE_NAMES, "positive"),
         distractors=tuple(p for _, p in numbered),
-        text_queries=next(
-            (top / n.format(prefix=prefix) for n in TEXT_QUERY_FEATURE_NAMES if (top / n.format(prefix=prefix)).is_file()),
-            None,
-        ),
+        text_queries=next((p for p in text_candidates if p.is_file()), None),
     )
 
 
