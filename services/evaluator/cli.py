@@ -6,7 +6,6 @@ commands work without torch.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -127,24 +126,70 @@ def _print_record(result) -> None:
 def score_ilias(
     features: Path = typer.Argument(..., exists=True, file_okay=False, help="folder of ILIAS's official HDF5 features"),
     out: Path = typer.Option(..., "--out", help="run record JSON to write (a .queries.jsonl is written beside it)"),
+    protocol: str = typer.Option(
+        "ilias", "--protocol", help="ilias: the official evaluation (as-stored scores, official AP); vsbench: ours"
+    ),
+    ilias_dir: Optional[Path] = typer.Option(
+        None, "--ilias-dir", file_okay=False,
+        help="ILIAS folder holding image_ids/ (default: FEATURES or its parent when they hold it)",
+    ),
     k: str = typer.Option("1,5", "--k", help="Recall@K cut-offs"),
     map_k: str = typer.Option("20,1000", "--map-k", help="mAP@K cut-offs (ILIAS's own metric is mAP@1000)"),
-    max_distractors: Optional[int] = typer.Option(None, help="use only the first N distractors"),
+    text_queries: bool = typer.Option(False, "--text-queries", help="also score features_text_queries.hdf5"),
+    total_distractors: Optional[int] = typer.Option(
+        None, "--total-distractors", min=0, help="use the first N distractor files (official --total_distractors)"
+    ),
+    max_distractors: Optional[int] = typer.Option(None, min=0, help="use only the first N distractors"),
     mini_ids: Optional[Path] = typer.Option(None, help="id list selecting distractors (e.g. mini-ILIAS 5M)"),
     model_name: Optional[str] = typer.Option(None, "--model", help="model name in the record (default: the folder name)"),
-    engine: str = typer.Option("auto", help="search engine: auto, torch, numpy"),
+    taxonomy: Optional[Path] = typer.Option(
+        None, "--taxonomy", dir_okay=False, help="official misc/taxonomy.json for category breakdowns"
+    ),
+    engine: str = typer.Option("auto", help="search engine for --protocol vsbench: auto, torch, numpy"),
 ) -> None:
     """Score published ILIAS features (features_image_queries / positives / distractors_*.hdf5)."""
-    from services.evaluator.precomputed import score_ilias_features
+    from services.evaluator.ilias import PROTOCOLS
 
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"--protocol takes {' or '.join(PROTOCOLS)}, got {protocol!r}")
     _check_engine(engine)
     if out.exists():
         _fail(f"{out} already exists; results are never overwritten")
-    summary, outcomes = score_ilias_features(
-        features, recall_k=_parse_ks(k, "--k"), map_k=_parse_ks(map_k, "--map-k"),
-        max_distractors=max_distractors, selected_ids=mini_ids, engine=engine,
-    )
+    recall_k, map_ks = _parse_ks(k, "--k"), _parse_ks(map_k, "--map-k")
+    if protocol == "ilias":
+        from services.evaluator.ilias.official import score_ilias_official
+
+        summary, outcomes = score_ilias_official(
+            features, dataset_dir=ilias_dir, recall_k=recall_k, map_k=map_ks, text_queries=text_queries,
+            total_distractors=total_distractors, max_distractors=max_distractors, selected_ids=mini_ids,
+            taxonomy=taxonomy,
+        )
+    else:
+        from services.evaluator.ilias.vsbench import score_ilias_vsbench
+
+        if text_queries or taxonomy is not None:
+            _fail("--text-queries and --taxonomy need --protocol ilias")
+        summary, outcomes = score_ilias_vsbench(
+            features, recall_k=recall_k, map_k=map_ks, max_distractors=max_distractors,
+            selected_ids=mini_ids, distractor_files=total_distractors, engine=engine,
+        )
     _print_record(_write_summary_record(summary, outcomes(), out, model_name or features.name))
+    _print_ilias_extras(summary)
+
+
+def _print_ilias_extras(summary: dict) -> None:
+    """The official evaluation's extra lines: text-query metrics and the breakdowns of the largest K."""
+    text = summary.get("text_queries")
+    if text:
+        console.print("text queries: " + ", ".join(f"{n} {v:.2f}" for n, v in text["metrics"].items()),
+                      highlight=False)
+    for query_set, per_k in summary.get("breakdowns", {}).items():
+        name, parts = max(per_k.items(), key=lambda item: int(item[0].split("@")[1]))
+        line = [f"oracle {parts['oracle']:.2f}"]
+        for group in ("scale", "clutter", "categories"):
+            if parts.get(group):
+                line.append(f"{group}: " + ", ".join(f"{g} {v:.2f}" for g, v in parts[group].items()))
+        console.print(f"{query_set} queries {name} " + "; ".join(line), highlight=False, soft_wrap=True)
 
 
 def _write_summary_record(summary: dict, outcomes, out: Path, model_name: str):
@@ -175,6 +220,7 @@ def _write_summary_record(summary: dict, outcomes, out: Path, model_name: str):
         gallery=GalleryCounts(**summary["gallery"]),
         timings=summary.get("timings", {}),
         breakdowns=summary.get("breakdowns"),
+        text_queries=summary.get("text_queries"),
         versions=versions(),
     )
     return write_run(out.parent, record, outcomes, path=out)
@@ -336,7 +382,18 @@ def export_triton_command(
 
 
 # ---- catalogues ----------------------------------------------------------------------------------
-@app.command("datasets")
+datasets_app = typer.Typer(help="Dataset formats (list, the default), downloads (fetch) and subsets.")
+app.add_typer(datasets_app, name="datasets", invoke_without_command=True)
+
+
+@datasets_app.callback()
+def datasets_main(ctx: typer.Context) -> None:
+    """Dataset formats this version can load (`vsbench datasets` alone lists them)."""
+    if ctx.invoked_subcommand is None:
+        list_datasets()
+
+
+@datasets_app.command("list")
 def list_datasets() -> None:
     """Dataset formats this version can load."""
     import inspect
@@ -347,6 +404,78 @@ def list_datasets() -> None:
         summary = (inspect.getdoc(loader) or "").splitlines()[0] if inspect.getdoc(loader) else ""
         options = ", ".join(f"{k}={v!r}" for k, v in dataset_options(name).items())
         console.print(f"[bold]{name}[/]  {summary}\n    options: {options or 'none'}", highlight=False)
+
+
+@datasets_app.command("fetch")
+def fetch_dataset(
+    name: str = typer.Argument(..., help="ilias, sop or products10k"),
+    to: Path = typer.Option(..., "--to", file_okay=False, help="folder to download into (created)"),
+    max_shards: Optional[int] = typer.Option(
+        None, "--max-shards", min=0, help="ilias: download only the first N YFCC100M distractor shards"
+    ),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="a mirror of the official location"),
+    taxonomy_url: Optional[str] = typer.Option(None, "--taxonomy-url", help="ilias: where taxonomy.json is"),
+    retries: int = typer.Option(5, "--retries", min=1, help="failed attempts in a row before giving up"),
+    checksum_retries: int = typer.Option(1, "--checksum-retries", min=1, help="downloads tried per corrupt file"),
+    show_progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars"),
+) -> None:
+    """Download a public dataset from its official location: resumable, sha256/md5-verified, retried."""
+    from services.evaluator.datasets import fetch as fetching
+    from services.evaluator.datasets.download import DownloadError, RetryPolicy
+    from services.evaluator.datasets.fetch_progress import RichDownloadProgress
+
+    if name not in fetching.FETCHABLE:
+        _fail(f"no fetch for {name!r}: use ilias, sop or products10k")
+    retry = RetryPolicy(attempts=retries)
+    progress = RichDownloadProgress(console) if show_progress else None
+    try:
+        if name == "ilias":
+            report = fetching.fetch_ilias(
+                to, base_url=base_url or fetching.ILIAS_BASE_URL, max_shards=max_shards, retry=retry,
+                taxonomy_url=taxonomy_url or fetching.ILIAS_TAXONOMY_URL, checksum_attempts=checksum_retries,
+                progress=progress,
+            )
+        elif name == "sop":
+            report = fetching.fetch_sop(to, url=base_url.rstrip("/") + "/Stanford_Online_Products.zip"
+                                        if base_url else fetching.SOP_URL, retry=retry, progress=progress)
+        else:
+            report = fetching.fetch_products10k(to)
+    except DownloadError as exc:
+        _fail(str(exc))
+        return
+    finally:
+        if progress is not None:
+            progress.close()
+    if report.instructions:
+        sys.stdout.write(report.instructions + "\n")
+        console.print("nothing was downloaded", highlight=False)
+        return
+    console.print(f"{name}: {len(report.downloaded)} file(s) in place, {len(report.extracted)} archive(s) "
+                  f"extracted in {report.directory}", highlight=False)
+    if report.skipped:
+        console.print(f"{len(report.skipped)} listed file(s) left out (--max-shards)", highlight=False)
+
+
+@datasets_app.command("p10k-subset")
+def products10k_subset(
+    root: Path = typer.Argument(..., exists=True, file_okay=False, help="the Products-10K folder"),
+    out: Path = typer.Option(..., "--out", dir_okay=False, help="id list to write"),
+    seed: int = typer.Option(0, "--seed"),
+    products: int = typer.Option(3450, "--products", min=1),
+    images: int = typer.Option(11200, "--images", min=1),
+) -> None:
+    """Write the seeded Products-10K test subset of the report's size (3,450 products, 11,200 images)."""
+    from services.evaluator.datasets.base import DatasetError
+    from services.evaluator.datasets.products10k_subset import build_products10k_subset, write_products10k_subset
+
+    try:
+        subset = build_products10k_subset(root, products=products, images=images, seed=seed)
+    except DatasetError as exc:
+        _fail(str(exc).splitlines()[0])
+        return
+    digest = write_products10k_subset(subset, out)
+    console.print(f"wrote {len(subset.image_ids)} ids of {subset.products} products to {out} (sha256 {digest})",
+                  highlight=False)
 
 
 @app.command("models")

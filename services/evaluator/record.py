@@ -63,7 +63,7 @@ class ProtocolRecord(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field("vsbench", description="vsbench (docs/protocol.md) or ilias (the official evaluation)")
+    mode: str = Field("vsbench", description="vsbench (docs/protocol.md) or ilias (the official ILIAS evaluation)")
     setup: Literal["intra", "inter"]
     gallery_type: Literal["closed", "open"]
     recall_k: list[int]
@@ -93,6 +93,10 @@ class GalleryCounts(_Strict):
     failed_to_embed: int = 0
     missing_files: int = 0
     distractors: int = 0
+    # ILIAS official mode: positives listed in image_ids/positive_ids.txt, and how many of them
+    # have no feature (they still count in min(k, |gt|), as the official evaluation counts them).
+    listed_positives: int | None = None
+    listed_positives_missing: int | None = None
 
 
 class ItemErrorRecord(_Strict):
@@ -131,6 +135,9 @@ class RunRecord(_Strict):
     usage: UsageRecord | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     breakdowns: dict[str, Any] | None = Field(None, description="per-subset metrics (e.g. ILIAS scale / clutter)")
+    text_queries: dict[str, Any] | None = Field(
+        None, description="a second query set's metrics and counts (ILIAS text-to-image queries)"
+    )
     per_query_file: str | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

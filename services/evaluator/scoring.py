@@ -23,6 +23,7 @@ def protocol_record(
 ) -> dict:
     """How the numbers were computed, written into every result file."""
     return {
+        "mode": "vsbench",
         "setup": setup,
         "gallery_type": gallery_type,
         "recall_k": list(recall_k),

@@ -488,7 +488,7 @@ def test_leaderboard_sorts_filters_and_recomputes(built, page):
         "95% CI" in tooltip
         and "K=1" in tooltip
         and "ties: score descending" in tooltip
-        and "resize=256" in tooltip
+        and "resize 256" in tooltip
     )
     page.screenshot(path=str(ARTIFACTS / "report-leaderboard.png"), full_page=True)
 

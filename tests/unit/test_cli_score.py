@@ -98,13 +98,15 @@ def test_score_ilias_official_features_streams_distractors(tmp_path):
     write(tmp_path / "features_positives.hdf5", ["a_000/pos/P000_00.jpg", "a_000/pos/P000_01.jpg",
                                                   "b_001/pos/P001_00.jpg"], at(10, 80, 170))
     write(tmp_path / "features_distractors_00000.hdf5", ["yfcc100m_000000.tar/1", "yfcc100m_000000.tar/2"], at(5, 270))
-    done = vsbench("score-ilias", str(tmp_path), "--k", "1", "--map-k", "2", "--out", str(tmp_path / "r.json"))
+    done = vsbench("score-ilias", str(tmp_path), "--protocol", "vsbench", "--k", "1", "--map-k", "2",
+                   "--out", str(tmp_path / "r.json"))
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     # query A ranks: distractor(5), P0(10), P1(80): R@1 0, AP@2 = (1/2)/2; query B: P(170) first: R@1 1, AP@2 1
     assert result["metrics"]["recall@1"] == 50.0
     assert result["metrics"]["map@2"] == pytest.approx(100 * (0.25 + 1.0) / 2)
-    assert result["gallery"] == {"total": 5, "indexed": 5, "distractors": 2, "failed_to_embed": 0, "missing_files": 0}
+    assert result["gallery"] == {"total": 5, "indexed": 5, "distractors": 2, "failed_to_embed": 0, "missing_files": 0,
+                                 "listed_positives": None, "listed_positives_missing": None}
 
 
 def test_unknown_engine_is_refused_not_silently_replaced(tmp_path):
