@@ -232,6 +232,10 @@ def table(
     results_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="a results directory"),
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, csv or latex"),
     out: Optional[Path] = typer.Option(None, "--out", help="write to this file instead of stdout"),
+    against: Optional[str] = typer.Option(
+        None, "--against",
+        help="'published' (the report's Table 3, shipped) or a CSV of published values: reproduced, published, delta",
+    ),
 ) -> None:
     """The report's Table 3: models x datasets, R@1 / R@5 / mAP@20, with the average over common datasets."""
     from services.evaluator.results import load_results
@@ -240,7 +244,13 @@ def table(
     runs = [run for run in load_results(results_dir, on_skip=_skipped) if run.ok]
     if not runs:
         _fail(f"no vsbench run records with metrics under {results_dir}")
-    text = render_table(runs, fmt)
+    if against is not None:
+        from services.evaluator.published import comparisons_for_runs, load_published, render_comparisons
+
+        published = load_published(None if against == "published" else Path(against))
+        text = render_comparisons(comparisons_for_runs(runs, published), fmt)
+    else:
+        text = render_table(runs, fmt)
     if out:
         out.write_text(text)
         console.print(f"wrote {out}")
@@ -278,6 +288,9 @@ def run(
     reembed: bool = typer.Option(
         False, "--reembed", help="replace stored vectors that another model fingerprint made (default: refuse)"
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="validate the config and list datasets x models, stored and left to embed; no server is called"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Run datasets x models end to end from a config (servers by address, or in-process)."""
@@ -300,6 +313,9 @@ def run(
     except (ValidationError, OSError, yaml.YAMLError) as exc:
         _fail(f"{config}: {' '.join(str(exc).split())}")
         return
+    if dry_run:
+        _print_plan(spec)
+        return
     outcomes = run_spec(spec, embed=not score_only, score=not embed_only, console=console, show_progress=not quiet)
     for outcome in outcomes:
         if outcome.result is not None:
@@ -307,6 +323,39 @@ def run(
     failed = sum(outcome.failed for outcome in outcomes)
     if failed:
         sys.stderr.write(f"error: {failed} of {len(outcomes)} runs failed (see above); stored vectors are kept\n")
+        raise typer.Exit(code=1)
+
+
+def _print_plan(spec) -> None:
+    from rich.table import Table
+
+    from services.common.fingerprint import short
+    from services.evaluator.runner import plan_spec
+
+    rows = plan_spec(spec)
+    table = Table("dataset", "model", "images", "missing", "stored", "to embed", "stored fingerprint", "estimate")
+    for row in rows:
+        if row.problem:
+            table.add_row(row.dataset, row.model, "[red]cannot load[/]", "", "", "", "", row.problem)
+            continue
+        if row.estimate_s is None:
+            estimate = "unknown (no earlier record of this model)"
+        else:
+            estimate = f"{row.estimate_s / 3600:.2f} h at {row.images_per_s:.0f} img/s" if row.to_embed else "nothing to embed"
+        table.add_row(
+            row.dataset, row.model, str(row.images), str(row.missing_files), str(row.stored), str(row.to_embed),
+            "new collection" if row.stored_fingerprint is None else (short(row.stored_fingerprint) or "(none)"),
+            estimate,
+        )
+    Console(width=200).print(table)
+    known = [r.estimate_s for r in rows if not r.problem and r.estimate_s is not None]
+    total = sum(r.to_embed for r in rows if not r.problem)
+    console.print(
+        f"{len(spec.datasets)} dataset(s) x {len(spec.models)} model(s): {total} images to embed; "
+        f"known estimates add up to {sum(known) / 3600:.2f} h (embedding only, one server per model)",
+        highlight=False,
+    )
+    if any(r.problem for r in rows):
         raise typer.Exit(code=1)
 
 

@@ -128,3 +128,52 @@ def compare_with_published(
             )
         )
     return rows
+
+
+def comparisons_for_runs(runs, published: Sequence[PublishedValue] | None = None, *,
+                         tolerance: float = DEFAULT_TOLERANCE) -> list[Comparison]:
+    """Every metric of every run record beside its published value (runs: RunResult objects).
+    The dataset name of a run is matched case-insensitively to the published one ("SOP" = "sop")."""
+    table = load_published() if published is None else published
+    known = {entry.dataset.lower(): entry.dataset for entry in table}
+    reproduced = [
+        (run.model, known.get(run.dataset.lower(), run.dataset), metric, value)
+        for run in runs
+        for metric, value in run.metrics.items()
+    ]
+    return compare_with_published(reproduced, table, tolerance=tolerance)
+
+
+def render_comparisons(rows: Sequence[Comparison], fmt: str = "markdown", *,
+                       tolerance: float = DEFAULT_TOLERANCE) -> str:
+    """Reproduced vs published, one line per (model, dataset, metric); |delta| > tolerance flagged."""
+    header = ["model", "dataset", "metric", "reproduced", "published", "delta", "flag"]
+
+    def cell(value: float | None, signed: bool = False) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+    body = [
+        [r.model, r.dataset, r.metric, cell(r.reproduced), cell(r.published), cell(r.delta, signed=True),
+         f"|delta| > {tolerance:g}" if r.flagged else ("" if r.published is not None else "not published")]
+        for r in rows
+    ]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(body)
+        return out.getvalue()
+    if fmt != "markdown":
+        raise PublishedDataError(f"--against prints markdown or csv, not {fmt!r}")
+    flagged = sum(r.flagged for r in rows)
+    compared = sum(r.delta is not None for r in rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines.append("")
+    lines.append(
+        f"{compared} value(s) compared with the report's Table 3 (source: {PUBLISHED_TABLE3.name}); "
+        f"{flagged} differ by more than {tolerance:g} points."
+    )
+    return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -98,6 +98,68 @@ def run_spec(
     finally:
         store.close()
     return outcomes
+
+
+@dataclass
+class PlanRow:
+    """One (dataset, model) of a run config as `vsbench run --dry-run` sees it."""
+
+    dataset: str
+    model: str
+    images: int = 0
+    missing_files: int = 0
+    stored: int = 0
+    to_embed: int = 0
+    stored_fingerprint: str | None = None  # None: no collection yet
+    images_per_s: float | None = None  # measured in an earlier record of this model, if any
+    problem: str = ""
+
+    @property
+    def estimate_s(self) -> float | None:
+        if self.images_per_s and self.to_embed:
+            return self.to_embed / self.images_per_s
+        return 0.0 if not self.to_embed else None
+
+
+def plan_spec(spec: RunSpec, *, check_files: bool = True) -> list[PlanRow]:
+    """What `vsbench run` would do, without contacting any embedding server: per dataset x model
+    the images, what the store already holds, what is left to embed, and a time estimate from the
+    newest images/s this model achieved in an earlier record under results_dir. Datasets that
+    cannot be loaded become rows naming the problem (the whole config is checked in one go)."""
+    from services.evaluator.pipeline import collection_name
+    from services.evaluator.results import load_results
+
+    speeds: dict[str, float] = {}
+    if Path(spec.results_dir).is_dir():
+        for run in load_results(spec.results_dir, latest_only=False):
+            ips = run.data.get("timings", {}).get("images_per_s")
+            if ips:
+                speeds[run.model] = float(ips)  # files are read in name order: newest run ids last
+    rows: list[PlanRow] = []
+    store = open_vector_store(spec.store, spec.results_dir)
+    try:
+        for dataset_spec in spec.datasets:
+            try:
+                dataset = load_dataset_spec(dataset_spec)
+                dataset.validate()
+            except (VsbenchError, OSError) as exc:
+                rows.append(PlanRow(dataset_spec.name, f"(all {len(spec.models)} models)",
+                                    problem=" ".join(str(exc).split())))
+                continue
+            missing = {r.image_id for r in dataset.missing()} if check_files else set()
+            present = [r.image_id for r in dataset.records if r.image_id not in missing]
+            for model in spec.models:
+                collection = collection_name(dataset.name, model.name)
+                fingerprint = store.collection_fingerprint(collection)
+                stored = len(store.existing_ids(collection, present)) if fingerprint is not None else 0
+                rows.append(PlanRow(
+                    dataset=dataset.name, model=model.name, images=len(dataset.records), missing_files=len(missing),
+                    stored=stored, to_embed=len(present) - stored, stored_fingerprint=fingerprint,
+                    images_per_s=speeds.get(model.name),
+                ))
+    finally:
+        store.close()
+    return rows
 
 
 def _print_outcome(console: Console, dataset: str, model: str, outcome: RunOutcome) -> None:
