@@ -279,7 +279,7 @@ def export_triton_command(
 ) -> None:
     """Write a Triton model repository (ONNX, config.pbtxt, TensorRT notes); see docs/triton.md."""
     from services.embedder.backends.registry import UnknownModelError
-    from services.embedder.export_triton import ExportError, export_triton
+    from services.embedder.triton_export import ExportError, export_triton
 
     try:
         result = export_triton(model, out, max_batch=max_batch, instance_kind=instance_kind,

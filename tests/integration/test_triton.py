@@ -26,7 +26,7 @@ import pytest
 from services.common.types import ErrorCode, ImageItem
 from services.embedder.backends.registry import load_backend
 from services.embedder.batching import embed_sync
-from services.embedder.export_triton import ExportError, export_triton, shipped_photos
+from services.embedder.triton_export import ExportError, export_triton, shipped_photos
 from tests.integration.triton_support.server import (
     TritonSetupError,
     as_python_backend,
@@ -184,7 +184,7 @@ def test_export_writes_a_triton_repository(exported):
 def test_export_refuses_bad_arguments(tmp_path):
     with pytest.raises(ExportError, match="no Triton exporter for models of kind 'histogram'"):
         export_triton("histogram", tmp_path)
-    with pytest.raises(ValueError, match="instance_kind"):
+    with pytest.raises(ExportError, match="instance_kind"):
         export_triton("efficientnet-lite0", tmp_path, instance_kind="GPU")
     assert not any(tmp_path.iterdir())  # nothing half-written
     # A failed verification (an impossible tolerance here) leaves no model folder and no staging.

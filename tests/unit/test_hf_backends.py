@@ -21,8 +21,9 @@ import transformers
 from PIL import Image, ImageDraw
 
 from services.embedder.backends import hf_specs, jina, nomic
+from services.embedder.backends.errors import BackendOptionsError
 from services.embedder.backends.hf import MissingExtraError, WeightsNotFoundError
-from services.embedder.backends.registry import get_spec, load_backend
+from services.embedder.backends.registry import build_backend, get_kind, get_spec, load_backend
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -302,7 +303,7 @@ def test_automodel_poolings(vit_dir, photos, name, pool):
 def test_automodel_needs_weights_and_a_known_pooling(vit_dir):
     with pytest.raises(WeightsNotFoundError, match="--weights PATH"):
         load_backend("hf-automodel")
-    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+    with pytest.raises(BackendOptionsError, match=r"option 'pooling': Input should be 'pooler', 'cls' or 'mean'"):
         load_backend("hf-automodel", weights=vit_dir[0], pooling="max")
 
 
@@ -507,7 +508,7 @@ def test_nomic_adapter_needs_its_base_model_offline(tmp_path, monkeypatch):
 def test_specs_are_registered_with_lazy_factories():
     for spec in hf_specs.HF_MODEL_SPECS:
         assert get_spec(spec.name) is spec
-        assert spec.kind in hf_specs.HF_FACTORIES
+        assert get_kind(spec.kind) in hf_specs.HF_KINDS
         assert spec.preprocessing is None and spec.preprocessing_note
     assert get_spec("siglip2-so400m-384").options["model_class"] == "SiglipVisionModel"
     assert {get_spec(n).dim for n in ("dinov2-large", "dinov3-vitl16", "pe-core-l14-336")} == {1024}
@@ -517,7 +518,7 @@ def test_specs_are_registered_with_lazy_factories():
         "from services.embedder.backends import registry\n"
         "registry.list_specs()\n"
         "for kind in ('hf', 'open_clip', 'jina', 'nomic'):\n"
-        "    assert callable(registry.factory_for(kind))\n"
+        "    assert callable(registry.get_kind(kind).load_function())\n"
         "heavy = {'torch', 'transformers', 'open_clip', 'colpali_engine', 'peft'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

@@ -24,12 +24,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from services.common.errors import VsbenchError
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
+from services.embedder.backends.errors import (  # noqa: F401  (re-exported for the other hub backends)
+    BackendLoadError,
+    MissingExtraError,
+    WeightsNotFoundError,
+)
+from services.embedder.backends.provenance import checkpoint_files, model_fingerprint
 
 if TYPE_CHECKING:
-    from services.embedder.backends.registry import LoadOptions, ModelSpec
+    from services.embedder.backends.options import TransformersOptions
+    from services.embedder.backends.registry import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +43,7 @@ WeightsPath = str | os.PathLike[str]
 
 
 # --------------------------------------------------------------------------------------- errors
-
-
-class BackendLoadError(VsbenchError):
-    """A backend cannot be built; the message says what is missing and how to provide it."""
-
-
-class WeightsNotFoundError(BackendLoadError, FileNotFoundError):
-    """No usable weights in the given directory nor in the offline Hugging Face cache."""
-
-
-class MissingExtraError(BackendLoadError, ImportError):
-    """A library this backend needs is not installed; the message names the pip extra."""
+# (defined in errors.py; imported here too because the other hub backends import them from here)
 
 
 def require_module(module: str, *, extra: str, purpose: str) -> Any:
@@ -218,6 +213,14 @@ def _floats(values: Any) -> str:
     return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
 
 
+def processor_record(processor: Any) -> Any:
+    """The processor's settings as JSON data (for fingerprints): transformers' own to_dict(), or
+    the fields of a torch port."""
+    if hasattr(processor, "to_dict"):
+        return processor.to_dict()
+    return {"class": type(processor).__name__, "describe": describe_processor(processor)}
+
+
 def describe_processor(processor: Any) -> str:
     """A human-readable account of what an image processor does, read from its settings."""
     if hasattr(processor, "describe"):
@@ -340,6 +343,7 @@ class HFImageSpec:
     model_class: str = "AutoModel"
     pooling: str = "pooler"
     max_batch: int = 64
+    dtype: str = "float32"  # torch dtype name the weights and inputs are computed in
 
 
 class TransformersImageBackend(ModelBackend):
@@ -347,7 +351,7 @@ class TransformersImageBackend(ModelBackend):
 
     def __init__(self, spec: HFImageSpec, weights: WeightsPath | None = None, device: str = "cpu") -> None:
         if spec.pooling not in POOLINGS:
-            raise ValueError(
+            raise BackendLoadError(
                 f"unknown pooling {spec.pooling!r} for {spec.name}; known: {', '.join(POOLINGS)}"
             )
         require_module("transformers", extra="embedder", purpose=f"backend {spec.name}")
@@ -359,13 +363,14 @@ class TransformersImageBackend(ModelBackend):
             spec.model_id, weights, required=("config.json", "preprocessor_config.json")
         )
         self._device = torch.device(device)
+        self._dtype = getattr(torch, spec.dtype)
         model_class = getattr(transformers, spec.model_class, None)
         if model_class is None:
             raise BackendLoadError(
                 f"transformers {transformers.__version__} has no class {spec.model_class!r} ({spec.name})"
             )
         with quiet_transformers():
-            model = model_class.from_pretrained(str(self._path), local_files_only=True, dtype=torch.float32)
+            model = model_class.from_pretrained(str(self._path), local_files_only=True, dtype=self._dtype)
         self._model = model.to(self._device).eval()
         self._processor = load_image_processor(self._path)
         self._preprocessing = describe_processor(self._processor)
@@ -373,6 +378,15 @@ class TransformersImageBackend(ModelBackend):
         self._revision = weights_revision(self._path)
         probe = self.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))
         self._dim = int(self._embed([probe]).shape[1])
+        self._fingerprint = model_fingerprint(
+            backend="transformers",
+            weights=checkpoint_files(self._path),
+            preprocessing=processor_record(self._processor),
+            pooling=spec.pooling,
+            compute_dtype=spec.dtype,
+            model_class=spec.model_class,
+            libraries=("torch", "transformers", "pillow"),
+        )
 
     def info(self) -> ModelInfo:
         import transformers
@@ -391,9 +405,10 @@ class TransformersImageBackend(ModelBackend):
                 "pooling": self._spec.pooling,
                 "weights": str(self._path),
                 "device": str(self._device),
-                "compute_dtype": "float32",
+                "compute_dtype": self._spec.dtype,
                 "transformers": transformers.__version__,
             },
+            fingerprint=self._fingerprint,
         )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -416,7 +431,7 @@ class TransformersImageBackend(ModelBackend):
     def _embed(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
-        batch = torch.from_numpy(np.stack(inputs)).to(self._device, torch.float32)
+        batch = torch.from_numpy(np.stack(inputs)).to(self._device, self._dtype)
         with torch.inference_mode():
             output = self._model(pixel_values=batch)
             pooled = POOLINGS[self._spec.pooling](output)
@@ -434,15 +449,15 @@ def apply_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def load(spec: ModelSpec, options: LoadOptions) -> ModelBackend:
-    """Registry factory for kind "hf"; options.extra may override the spec's model_class / pooling."""
-    settings = {**spec.options, **options.extra}
-    apply_threads(options.threads)
+def load(name: str, options: TransformersOptions, runtime: Runtime) -> ModelBackend:
+    """Loader of kind "hf" (options: services.embedder.backends.options.TransformersOptions)."""
+    apply_threads(runtime.threads)
     hf_spec = HFImageSpec(
-        name=spec.name,
-        model_id=spec.weights,
-        model_class=str(settings.get("model_class", "AutoModel")),
-        pooling=str(settings.get("pooling", "pooler")),
-        max_batch=options.max_batch,
+        name=name,
+        model_id=options.model_id,
+        model_class=options.model_class,
+        pooling=options.pooling,
+        max_batch=runtime.max_batch,
+        dtype=options.dtype,
     )
-    return TransformersImageBackend(hf_spec, weights=options.weights, device=options.device)
+    return TransformersImageBackend(hf_spec, weights=options.weights, device=runtime.device)

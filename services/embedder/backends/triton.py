@@ -7,8 +7,15 @@ Preprocessing stays here, with the same `Preprocessing` spec as the local backen
 from Triton equal the local backend's up to the runtime's float error, and the GPU node only
 runs the network (Python-side preprocessing is the usual Triton bottleneck; the embedder's
 decode pool scales on CPU cores instead). The model repository comes from
-`vsbench export triton` (services/embedder/export_triton.py); its tensor names and dims are read
+`vsbench export triton` (services/embedder/triton_export/); its tensor names and dims are read
 from Triton's model metadata and checked against the local preprocessing at load.
+
+Fingerprint: the embedder cannot read the files Triton serves, so it hashes what it knows: the
+exported model files when `weights` names the exported model folder (its `1/model.onnx`,
+`1/model.plan`), the model name and the version Triton serves, Triton's server version, platform
+and tensor signature from the model config, and the local preprocessing. A re-export under the
+same name and version that changes nothing Triton reports is invisible from here unless the
+exported folder is given.
 
 A batch larger than the Triton model's max_batch_size is split into requests sent concurrently
 with `async_infer`, so Triton's scheduler can spread them over its instances. tritonclient is
@@ -22,15 +29,23 @@ import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from services.common.errors import VsbenchError
+from services.common.fingerprint import file_sha256
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
-from services.embedder.backends.registry import ModelSpec, get_spec
+from services.embedder.backends.errors import BackendLoadError, MissingExtraError
+from services.embedder.backends.options import BackendOptions
+from services.embedder.backends.provenance import canonical, model_fingerprint
+from services.embedder.backends.registry import resolve_options
+
+# Files of an exported model folder (vsbench export triton) that Triton computes with.
+EXPORTED_MODEL_FILES = ("1/model.onnx", "1/model.plan")
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +60,11 @@ def _import_grpcclient() -> Any:
     try:
         return importlib.import_module("tritonclient.grpc")
     except ImportError as exc:  # tritonclient.grpc raises RuntimeError when grpc support is missing
-        raise ImportError(
+        raise MissingExtraError(
             f"the triton backend needs tritonclient: pip install 'vsbench[triton]' ({exc})"
         ) from exc
     except RuntimeError as exc:
-        raise ImportError(f"the triton backend needs tritonclient's gRPC support: {exc}") from exc
+        raise MissingExtraError(f"the triton backend needs tritonclient's gRPC support: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,9 @@ class TritonBackend(ModelBackend):
         max_batch: int = 64,
         normalized: bool = False,
         details: Mapping[str, str] | None = None,
+        preprocessing_record: Any = None,
+        pooling: str = "",
+        exported_files: Mapping[str, str] | None = None,
     ) -> None:
         self._grpc = _import_grpcclient()
         self._target = target
@@ -95,7 +113,7 @@ class TritonBackend(ModelBackend):
             url=target.url, ssl=target.ssl, root_certificates=target.root_certificates
         )
         try:
-            server_version, config, inputs, outputs = self._inspect()
+            server_version, config, inputs, outputs, served_versions = self._inspect()
             self._input = _pick(inputs, input_name, "input", target)
             self._output = _pick(outputs, output_name, "output", target)
             self._request_batch = int(config.get("max_batch_size", 0))
@@ -143,11 +161,24 @@ class TritonBackend(ModelBackend):
                 "output": f"{self._output.name} {self._output.datatype} {list(self._output.shape)}",
                 **(details or {}),
             },
+            fingerprint=model_fingerprint(
+                backend="triton",
+                weights=dict(exported_files or {}),
+                preprocessing=preprocessing_record if preprocessing_record is not None else preprocessing,
+                pooling=pooling,
+                triton_model=target.model,
+                triton_versions=served_versions,
+                triton_server_version=server_version,
+                triton_platform=str(config.get("platform") or config.get("backend") or ""),
+                input=[self._input.name, self._input.datatype, list(self._input.shape)],
+                output=[self._output.name, self._output.datatype, list(self._output.shape)],
+                libraries=("pillow",),
+            ),
         )
 
     # --- load-time checks ---------------------------------------------------------------------
 
-    def _inspect(self) -> tuple[str, dict[str, Any], list[_Tensor], list[_Tensor]]:
+    def _inspect(self) -> tuple[str, dict[str, Any], list[_Tensor], list[_Tensor], list[str]]:
         target, timeout = self._target, self._target.connect_timeout_s
         error_type = self._grpc.InferenceServerException
         try:
@@ -189,6 +220,7 @@ class TritonBackend(ModelBackend):
             config,
             tensors(metadata.get("inputs", [])),
             tensors(metadata.get("outputs", [])),
+            sorted(str(v) for v in metadata.get("versions", [])) if not target.version else [target.version],
         )
 
     def _repository_summary(self) -> str:
@@ -320,13 +352,20 @@ def _pick(tensors: list[_Tensor], wanted: str | None, role: str, target: TritonT
 # --- building one from the registry ---------------------------------------------------------------
 
 
-def _hf_preprocessor(spec: ModelSpec, weights: str | None) -> tuple[Preprocess, str]:
+def _hf_preprocessor(options: BackendOptions) -> tuple[Preprocess, str, Any]:
     """Models preprocessed by their transformers image processor: read preprocessor_config.json
-    from --weights (the checkpoint directory, or the exported Triton model folder, which holds a
-    copy) or the offline hub cache."""
-    from services.embedder.backends.hf import describe_processor, load_image_processor, resolve_weights
+    from the weights option (the checkpoint directory, or the exported Triton model folder, which
+    holds a copy) or the offline hub cache."""
+    from services.embedder.backends.hf import (
+        describe_processor,
+        load_image_processor,
+        processor_record,
+        resolve_weights,
+    )
 
-    path = resolve_weights(spec.weights, weights, required=("preprocessor_config.json",))
+    path = resolve_weights(
+        getattr(options, "model_id", None), getattr(options, "weights", None), required=("preprocessor_config.json",)
+    )
     processor = load_image_processor(path)
     local = threading.local()
 
@@ -338,13 +377,21 @@ def _hf_preprocessor(spec: ModelSpec, weights: str | None) -> tuple[Preprocess, 
         pixels = mine(images=[image.convert("RGB")], return_tensors="np")["pixel_values"]
         return np.asarray(pixels[0], dtype=np.float32)
 
-    return preprocess, describe_processor(processor)
+    return preprocess, describe_processor(processor), processor_record(processor)
 
 
-# spec.kind -> how to build the local preprocessing when the spec has no `Preprocessing` of its own.
-LIBRARY_PREPROCESSORS: dict[str, Callable[[ModelSpec, "str | None"], tuple[Preprocess, str]]] = {
+# kind -> how to build the local preprocessing when the options have no `Preprocessing` of their own.
+LIBRARY_PREPROCESSORS: dict[str, Callable[[BackendOptions], tuple[Preprocess, str, Any]]] = {
     "hf": _hf_preprocessor,
 }
+
+
+def exported_model_files(folder: str | None) -> dict[str, str]:
+    """{file: sha256} of the model files in an exported model folder, when `folder` is one."""
+    if not folder:
+        return {}
+    root = Path(folder).expanduser()
+    return {name: file_sha256(root / name) for name in EXPORTED_MODEL_FILES if (root / name).is_file()}
 
 
 def load_triton_backend(
@@ -362,17 +409,19 @@ def load_triton_backend(
     headers: Mapping[str, str] | None = None,
 ) -> TritonBackend:
     """The registered model `name`, preprocessed here as its spec says, run by Triton at `url`
-    (host:port of Triton's gRPC endpoint) under `triton_model` (default: the same name)."""
-    spec = get_spec(name)
-    if spec.preprocessing is not None:
-        preprocess: Preprocess = spec.preprocessing
-        description = spec.preprocessing.describe()
+    (host:port of Triton's gRPC endpoint) under `triton_model` (default: the same name).
+    `weights` may name the exported model folder: its files then enter the fingerprint."""
+    spec, options = resolve_options(name, weights)
+    preprocessing = getattr(options, "preprocessing", None)
+    if preprocessing is not None:
+        preprocess: Preprocess = preprocessing
+        description, record = preprocessing.describe(), canonical(preprocessing)
     elif spec.kind in LIBRARY_PREPROCESSORS:
-        preprocess, description = LIBRARY_PREPROCESSORS[spec.kind](spec, weights)
+        preprocess, description, record = LIBRARY_PREPROCESSORS[spec.kind](options)
     else:
-        raise ValueError(
+        raise BackendLoadError(
             f"{name}: its preprocessing runs inside its model library ({spec.kind}); the triton backend "
-            f"supports specs with a Preprocessing or of kinds {sorted(LIBRARY_PREPROCESSORS)}"
+            f"supports models with a Preprocessing or of kinds {sorted(LIBRARY_PREPROCESSORS)}"
         )
     target = TritonTarget(
         url=url,
@@ -389,12 +438,15 @@ def load_triton_backend(
         target,
         preprocess,
         description,
-        # ONNX specs name their tensors (open-nsfw: input:0 -> Reshape:0), as the export keeps them.
-        input_name=spec.options.get("input"),
-        output_name=spec.options.get("output"),
+        # ONNX models name their tensors (open-nsfw: input:0 -> Reshape:0), as the export keeps them.
+        input_name=getattr(options, "input", None),
+        output_name=getattr(options, "output", None),
         max_batch=max_batch,
         normalized=spec.normalized,
         details={"pooling": spec.pooling, "local_spec_weights": str(spec.weights or "")},
+        preprocessing_record=record,
+        pooling=spec.pooling,
+        exported_files=exported_model_files(weights),
     )
     log.info("%s served by %s", name, _where(target))
     return backend
