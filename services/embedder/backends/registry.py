@@ -198,6 +198,7 @@ def list_kinds() -> list[BackendKind]:
 def register(spec: RegisteredModel, *, replace: bool = False) -> RegisteredModel:
     """Add a model, its options validated against its kind; re-registering the same name needs
     replace=True (catches copy-paste slips)."""
+    _load_spec_modules()  # so that a name taken by a shipped model counts as taken
     if spec.name in _SPECS and not replace and _SPECS[spec.name] != spec:
         raise ValueError(f"model {spec.name!r} is already registered")
     kind = get_kind(spec.kind)
