@@ -90,7 +90,7 @@ CONTRACT: dict[str, Contract] = {
 def _case_id(name: str) -> str:
     contract = CONTRACT.get(name)
     if contract is not None and contract.missing_extra:
-        return f"{name}[missing-extra-{contract.missing_extra}]"
+        return f"{name}:missing-extra-{contract.missing_extra}"
     return name
 
 
