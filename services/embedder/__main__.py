@@ -78,10 +78,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag, dest, kind, help_text in _FLAGS:
         parse = _json_object if kind == "json-object" else kind
         parser.add_argument(flag, dest=dest, type=parse, default=None, help=help_text)
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
-                        help="report ready without running one dummy batch first")
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        default=None,
+        help="report ready without running one dummy batch first",
+    )
     parser.add_argument("--list", action="store_true", help="list the registered models and exit")
-    parser.add_argument("--list-kinds", action="store_true", help="list backend kinds and their options, exit")
+    parser.add_argument(
+        "--list-kinds", action="store_true", help="list backend kinds and their options, exit"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 

@@ -22,7 +22,7 @@ class EmbedderSettings(ServerSettings):
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="the kind's options (with kind), or option overrides of the registered model; JSON object",
+        description="JSON object: the kind's options (with kind), or overrides of the registered model's",
     )
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
     threads: int | None = Field(

@@ -21,7 +21,9 @@ def save_processor_config(directory: Path, config: dict) -> None:
 def build_dinov2(directory: Path) -> Any:
     import transformers
 
-    model = transformers.Dinov2Model(transformers.Dinov2Config(image_size=224, patch_size=14, **TINY_VIT)).eval()
+    model = transformers.Dinov2Model(
+        transformers.Dinov2Config(image_size=224, patch_size=14, **TINY_VIT)
+    ).eval()
     model.save_pretrained(directory)
     # facebook/dinov2-large's preprocessor_config.json
     save_processor_config(

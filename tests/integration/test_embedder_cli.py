@@ -46,7 +46,10 @@ def tiny_onnx(path: Path) -> None:
 def run_embedder(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "services.embedder", "--port", "0", "--no-warmup", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -98,7 +101,9 @@ def test_a_model_defined_by_kind_and_options_is_served(tmp_path):
     local = build_backend("onnx", options, name="tiny-conv")
     assert (info.name, info.dim, info.backend) == ("tiny-conv", 6, "onnxruntime")
     assert info.fingerprint == local.info().fingerprint
-    assert [r.id for r in results] == ["0", "1", "2"] and all(r.ok and r.vector.shape == (6,) for r in results)
+    assert [r.id for r in results] == ["0", "1", "2"] and all(
+        r.ok and r.vector.shape == (6,) for r in results
+    )
 
 
 # --- one line for the user's mistakes, a traceback for bugs -----------------------------------------
@@ -115,14 +120,17 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 
 
 def test_unknown_model_is_one_line():
-    assert_one_line_error(run_embedder("--model", "nope"), "cannot load model", "unknown model 'nope'", "histogram")
+    assert_one_line_error(
+        run_embedder("--model", "nope"), "cannot load model", "unknown model 'nope'", "histogram"
+    )
 
 
 def test_misspelt_option_is_one_line_listing_the_valid_options():
     assert_one_line_error(
         run_embedder("--model", "efficientnet-lite0", "--options", '{"cpu_micro_batchh": 2}'),
         "unknown option 'cpu_micro_batchh'",
-        "Valid options for kind 'efficientnet-lite': cpu_micro_batch, fuse_batchnorm, preprocessing, variant, weights",
+        "Valid options for kind 'efficientnet-lite': "
+        "cpu_micro_batch, fuse_batchnorm, preprocessing, variant, weights",
     )
 
 
@@ -134,8 +142,10 @@ def test_bad_definitions_are_one_line(tmp_path):
     )
     assert_one_line_error(
         run_embedder(
-            "--kind", "onnx",
-            "--options", json.dumps({"weights": str(tmp_path / "none.onnx"), "preprocessing": {"crop_size": 8}}),
+            "--kind",
+            "onnx",
+            "--options",
+            json.dumps({"weights": str(tmp_path / "none.onnx"), "preprocessing": {"crop_size": 8}}),
         ),
         "weights file not found",
     )

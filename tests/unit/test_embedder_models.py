@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from services.common.fingerprint import file_sha256
 from services.common.types import ImageItem
 from services.embedder.backends import registry
-from services.embedder.backends.preprocess import Preprocessing
-from services.common.fingerprint import file_sha256
 from services.embedder.backends.errors import BackendLoadError, BackendOptionsError, WeightsNotFoundError
 from services.embedder.backends.options import HistogramOptions
+from services.embedder.backends.preprocess import Preprocessing
 from services.embedder.backends.registry import (
     BackendKind,
     RegisteredModel,
@@ -354,9 +354,12 @@ def test_registering_a_different_spec_under_a_taken_name_is_refused():
 
 def test_new_kinds_plug_in_through_the_kind_table():
     kind = registry.register_kind(
-        BackendKind("colour-test", HistogramOptions, "services.embedder.backends.histogram:load"), replace=True
+        BackendKind("colour-test", HistogramOptions, "services.embedder.backends.histogram:load"),
+        replace=True,
     )
-    registry.register(RegisteredModel(name="histogram-4", kind="colour-test", options={"bins": 4}), replace=True)
+    registry.register(
+        RegisteredModel(name="histogram-4", kind="colour-test", options={"bins": 4}), replace=True
+    )
     backend = load_backend("histogram-4", max_batch=7)
     assert backend.info().dim == 64 and backend.info().max_batch == 7
     assert callable(kind.loader)  # resolved once, then cached
@@ -398,7 +401,10 @@ def test_misspelt_option_is_refused_with_the_valid_ones():
         load_backend("efficientnet-lite0", cpu_micro_batchh=2)
     message = str(caught.value)
     assert "unknown option 'cpu_micro_batchh'" in message
-    assert "Valid options for kind 'efficientnet-lite': cpu_micro_batch, fuse_batchnorm, preprocessing, variant, weights" in message
+    assert (
+        "Valid options for kind 'efficientnet-lite': "
+        "cpu_micro_batch, fuse_batchnorm, preprocessing, variant, weights" in message
+    )
     # A weights override is an option too: a kind without weights refuses it.
     with pytest.raises(BackendOptionsError, match="unknown option 'weights'.*bins, max_side, sqrt"):
         load_backend("histogram", weights="x.bin")
@@ -420,7 +426,9 @@ def test_ill_typed_options_are_refused(overrides, expected):
 def test_ill_typed_nested_preprocessing_is_refused():
     with pytest.raises(BackendOptionsError, match=r"unknown option 'preprocessing.crop_sise'"):
         resolve_options("efficientnet-lite0", preprocessing={"crop_sise": 224})
-    with pytest.raises(BackendOptionsError, match=r"option 'cpu_micro_batch': Input should be greater than or equal to 1"):
+    with pytest.raises(
+        BackendOptionsError, match=r"option 'cpu_micro_batch': Input should be greater than or equal to 1"
+    ):
         resolve_options("efficientnet-lite0", cpu_micro_batch=0)
 
 
@@ -436,7 +444,13 @@ def test_an_onnx_model_defined_by_kind_and_options(tmp_path):
     weights = tiny_onnx(tmp_path / "tiny.onnx")
     definition = {
         "weights": str(tmp_path / "tiny.onnx"),
-        "preprocessing": {"crop_size": 8, "resize": "squash", "rescale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3},
+        "preprocessing": {
+            "crop_size": 8,
+            "resize": "squash",
+            "rescale": 1 / 255,
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+        },
         "output": "features",
         "pooling": "gap",
     }
@@ -445,40 +459,62 @@ def test_an_onnx_model_defined_by_kind_and_options(tmp_path):
     assert (info.name, info.dim) == ("mine", 4) and info.fingerprint.startswith("sha256:")
     image = scene(41, (40, 30))
     np.testing.assert_allclose(
-        backend.forward([backend.preprocess(image)])[0], numpy_features(image, weights["conv_w"]), rtol=1e-4, atol=1e-5
+        backend.forward([backend.preprocess(image)])[0],
+        numpy_features(image, weights["conv_w"]),
+        rtol=1e-4,
+        atol=1e-5,
     )
     registered = registry.register(
         RegisteredModel(
-            name="tiny-registered", kind="onnx", weights=str(tmp_path / "tiny.onnx"), preprocessing=TINY_PRE,
-            pooling="gap", options={"output": "features"},
+            name="tiny-registered",
+            kind="onnx",
+            weights=str(tmp_path / "tiny.onnx"),
+            preprocessing=TINY_PRE,
+            pooling="gap",
+            options={"output": "features"},
         ),
         replace=True,
     )
     assert load_backend(registered.name).info().fingerprint == info.fingerprint  # same model, same hash
     # A changed preprocessing value is a different model.
-    shifted = build_backend("onnx", {**definition, "preprocessing": {**definition["preprocessing"], "mean": [0.4] * 3}})
+    shifted = build_backend(
+        "onnx", {**definition, "preprocessing": {**definition["preprocessing"], "mean": [0.4] * 3}}
+    )
     assert shifted.info().fingerprint != info.fingerprint
-    with pytest.raises(BackendOptionsError, match=r"unknown option 'preprocessing.size'.*Valid options for kind 'onnx'"):
+    with pytest.raises(
+        BackendOptionsError, match=r"unknown option 'preprocessing.size'.*Valid options for kind 'onnx'"
+    ):
         build_backend("onnx", {**definition, "preprocessing": {"size": 8}})
     with pytest.raises(BackendOptionsError, match=r"option 'preprocessing' is required"):
         build_backend("onnx", {"weights": definition["weights"]})
 
 
 def test_unknown_kind_names_the_known_ones():
-    with pytest.raises(registry.UnknownKindError, match="unknown backend kind 'tensorflow'; known: .*histogram.*onnx"):
+    with pytest.raises(
+        registry.UnknownKindError, match="unknown backend kind 'tensorflow'; known: .*histogram.*onnx"
+    ):
         build_backend("tensorflow", {})
 
 
 def test_every_kind_declares_strict_options():
     kinds = list_kinds()
-    assert {"efficientnet-lite", "onnx", "histogram", "hf", "jina", "nomic", "open_clip"} <= {k.name for k in kinds}
+    assert {"efficientnet-lite", "onnx", "histogram", "hf", "jina", "nomic", "open_clip"} <= {
+        k.name for k in kinds
+    }
     for kind in kinds:
         assert kind.options.model_config["extra"] == "forbid", kind.name
         described = kind.to_dict()
         json.dumps(described, default=str)  # listable as JSON (docs, vsbench models, --list-kinds)
-        assert described["options"] and all(option["description"] for option in described["options"]), kind.name
+        assert described["options"] and all(option["description"] for option in described["options"]), (
+            kind.name
+        )
     histogram = next(k for k in kinds if k.name == "histogram").to_dict()["options"]
-    assert {"name": "bins", "type": "int", "default": 8, "description": histogram[0]["description"]} == histogram[0]
+    assert {
+        "name": "bins",
+        "type": "int",
+        "default": 8,
+        "description": histogram[0]["description"],
+    } == histogram[0]
 
 
 # --- fingerprints ------------------------------------------------------------------------------
@@ -498,7 +534,10 @@ def test_fingerprint_is_stable_across_loads_and_follows_what_changes_vectors(lit
     assert unfolded.info().fingerprint != lite0.info().fingerprint
     spec = get_spec("efficientnet-lite0")
     other_mean = dataclasses.replace(spec.preprocessing, mean=(128.0, 128.0, 128.0))
-    assert load_backend("efficientnet-lite0", preprocessing=other_mean).info().fingerprint != lite0.info().fingerprint
+    assert (
+        load_backend("efficientnet-lite0", preprocessing=other_mean).info().fingerprint
+        != lite0.info().fingerprint
+    )
 
 
 def test_fingerprint_covers_the_library_versions(monkeypatch):

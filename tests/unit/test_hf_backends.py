@@ -21,11 +21,12 @@ import transformers
 from PIL import Image, ImageDraw
 
 from services.embedder.backends import hf_specs, jina, nomic
-from tests.contract import tiny_checkpoints
-from tests.contract.tiny_checkpoints import IMAGENET_MEAN, IMAGENET_STD, save_processor_config
 from services.embedder.backends.errors import BackendOptionsError
 from services.embedder.backends.hf import MissingExtraError, WeightsNotFoundError
 from services.embedder.backends.registry import build_backend, get_kind, get_spec, load_backend
+from tests.contract import tiny_checkpoints
+from tests.contract.tiny_checkpoints import IMAGENET_MEAN, IMAGENET_STD, save_processor_config
+
 
 def _photo(width: int, height: int, seed: int) -> Image.Image:
     """A photo-like test image: lit gradient background, a few solid objects, sensor noise."""
@@ -48,10 +49,6 @@ def _photo(width: int, height: int, seed: int) -> Image.Image:
 def photos() -> list[Image.Image]:
     # landscape, portrait, smaller than every model input (upscaling), wide panorama
     return [_photo(320, 240, 1), _photo(180, 260, 2), _photo(97, 71, 3), _photo(640, 240, 4)]
-
-
-def save_processor_config(directory: Path, config: dict) -> None:
-    (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
 
 
 # ------------------------------------------------------------------ tiny checkpoints, real classes
@@ -224,7 +221,9 @@ def test_automodel_poolings(vit_dir, photos, name, pool):
 def test_automodel_needs_weights_and_a_known_pooling(vit_dir):
     with pytest.raises(WeightsNotFoundError, match="--weights PATH"):
         load_backend("hf-automodel")
-    with pytest.raises(BackendOptionsError, match=r"option 'pooling': Input should be 'pooler', 'cls' or 'mean'"):
+    with pytest.raises(
+        BackendOptionsError, match=r"option 'pooling': Input should be 'pooler', 'cls' or 'mean'"
+    ):
         load_backend("hf-automodel", weights=vit_dir[0], pooling="max")
 
 
@@ -402,8 +401,13 @@ def test_hf_model_defined_by_kind_and_options(vit_dir, photos):
     assert defined.info().name == "my-vit"
     np.testing.assert_array_equal(_backend_vectors(defined, photos), _backend_vectors(registered, photos))
     assert defined.info().fingerprint == registered.info().fingerprint
-    assert defined.info().fingerprint != load_backend("hf-automodel-cls", weights=directory).info().fingerprint
-    with pytest.raises(BackendOptionsError, match=r"unknown option 'poolling'.*dtype, model_class, model_id, pooling, weights"):
+    assert (
+        defined.info().fingerprint != load_backend("hf-automodel-cls", weights=directory).info().fingerprint
+    )
+    with pytest.raises(
+        BackendOptionsError,
+        match=r"unknown option 'poolling'.*dtype, model_class, model_id, pooling, weights",
+    ):
         build_backend("hf", {"weights": str(directory), "poolling": "mean"})
 
 

@@ -25,9 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from services.common.fingerprint import file_sha256
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
-from services.common.fingerprint import file_sha256
 from services.embedder.backends.errors import BackendLoadError
 from services.embedder.backends.options import EfficientNetLiteOptions
 from services.embedder.backends.preprocess import Preprocessing
@@ -151,7 +151,8 @@ def load(name: str, options: EfficientNetLiteOptions, runtime: Runtime) -> Effic
     if options.preprocessing.crop_hw != (expected, expected):
         # The package computes its "same" padding for this size at construction.
         raise BackendLoadError(
-            f"{name}: preprocessing crop {options.preprocessing.crop_hw} != {options.variant} input size {expected}"
+            f"{name}: preprocessing crop {options.preprocessing.crop_hw} != "
+            f"{options.variant} input size {expected}"
         )
     log.info("loaded %s from %s", name, path)
     weights_sha = file_sha256(path)

@@ -26,7 +26,9 @@ from PIL import Image
 
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
-from services.embedder.backends.errors import (  # noqa: F401  (re-exported for the other hub backends)
+
+# The errors are imported from here by the other hub backends and tests.
+from services.embedder.backends.errors import (
     BackendLoadError,
     MissingExtraError,
     WeightsNotFoundError,

@@ -17,19 +17,27 @@ from services.embedder.backends.registry import BackendKind, RegisteredModel, re
 
 HF_KINDS: tuple[BackendKind, ...] = (
     BackendKind(
-        "hf", TransformersOptions, "services.embedder.backends.hf:load",
+        "hf",
+        TransformersOptions,
+        "services.embedder.backends.hf:load",
         "a transformers vision model with its own image processor and a named pooling",
     ),
     BackendKind(
-        "open_clip", OpenClipOptions, "services.embedder.backends.open_clip_backend:load",
+        "open_clip",
+        OpenClipOptions,
+        "services.embedder.backends.open_clip_backend:load",
         "an open_clip image tower with the transform open_clip builds (extra 'openclip')",
     ),
     BackendKind(
-        "jina", JinaOptions, "services.embedder.backends.jina:load",
+        "jina",
+        JinaOptions,
+        "services.embedder.backends.jina:load",
         "Jina Embeddings v4 through its own remote code",
     ),
     BackendKind(
-        "nomic", NomicOptions, "services.embedder.backends.nomic:load",
+        "nomic",
+        NomicOptions,
+        "services.embedder.backends.nomic:load",
         "Nomic Embed Multimodal through colpali-engine (extra 'nomic')",
     ),
 )

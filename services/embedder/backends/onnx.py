@@ -19,12 +19,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from services.common.fingerprint import file_sha256
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
-from services.embedder.backends.preprocess import Preprocessing
-from services.common.fingerprint import file_sha256
 from services.embedder.backends.errors import BackendLoadError
 from services.embedder.backends.options import OnnxOptions
+from services.embedder.backends.preprocess import Preprocessing
 from services.embedder.backends.provenance import model_fingerprint
 from services.embedder.backends.registry import Runtime, resolve_weights_path
 
@@ -93,7 +93,9 @@ class OnnxBackend(ModelBackend):
         available = set(ort.get_available_providers())
         providers = [p for p in wanted if p in available]
         if wanted[0] not in available:
-            raise BackendLoadError(f"device {device!r} needs {wanted[0]}, onnxruntime has {sorted(available)}")
+            raise BackendLoadError(
+                f"device {device!r} needs {wanted[0]}, onnxruntime has {sorted(available)}"
+            )
         source = model if isinstance(model, bytes) else str(model)
         self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
         inputs = self._session.get_inputs()
@@ -104,7 +106,9 @@ class OnnxBackend(ModelBackend):
         if input_meta is None:
             raise BackendLoadError(f"{name}: no input {self._input!r}; inputs: {[i.name for i in inputs]}")
         if self._output not in {o.name for o in outputs}:
-            raise BackendLoadError(f"{name}: no output {self._output!r}; outputs: {[o.name for o in outputs]}")
+            raise BackendLoadError(
+                f"{name}: no output {self._output!r}; outputs: {[o.name for o in outputs]}"
+            )
         self._dtype = np.float16 if input_meta.type == "tensor(float16)" else np.float32
         # A static batch dimension of 1 (common in exports) means one item per run.
         self._one_at_a_time = input_meta.shape[0] == 1

@@ -24,7 +24,6 @@ from services.embedder.backends.hf import (
     resolve_weights,
     weights_revision,
 )
-
 from services.embedder.backends.provenance import checkpoint_files, model_fingerprint
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"

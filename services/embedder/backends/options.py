@@ -111,18 +111,27 @@ class HistogramOptions(BackendOptions):
 
 class EfficientNetLiteOptions(BackendOptions):
     variant: Literal[
-        "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-lite3",
+        "efficientnet-lite0",
+        "efficientnet-lite1",
+        "efficientnet-lite2",
+        "efficientnet-lite3",
         "efficientnet-lite4",
     ] = Field(description="architecture in efficientnet_lite_pytorch")
     weights: str | None = Field(None, description=_WEIGHTS_FILE + " (.pth state dict)")
-    preprocessing: Preprocessing = Field(description="services.embedder.backends.preprocess.Preprocessing fields")
-    fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the convolutions at load (~3e-5 change)")
+    preprocessing: Preprocessing = Field(
+        description="services.embedder.backends.preprocess.Preprocessing fields"
+    )
+    fuse_batchnorm: bool = Field(
+        True, description="fold BatchNorm into the convolutions at load (~3e-5 change)"
+    )
     cpu_micro_batch: int | None = Field(8, ge=1, description="on CPU, run batches in chunks of this size")
 
 
 class OnnxOptions(BackendOptions):
     weights: str | None = Field(None, description=_WEIGHTS_FILE + " (.onnx)")
-    preprocessing: Preprocessing = Field(description="services.embedder.backends.preprocess.Preprocessing fields")
+    preprocessing: Preprocessing = Field(
+        description="services.embedder.backends.preprocess.Preprocessing fields"
+    )
     input: str | None = Field(None, description="image input tensor (default: the graph's first input)")
     output: str | None = Field(
         None, description="tensor served as the vector; an intermediate one cuts the graph there"
@@ -148,7 +157,9 @@ class HubModelOptions(BackendOptions):
 
 
 class TransformersOptions(HubModelOptions):
-    model_class: str = Field("AutoModel", description="transformers class (AutoModel, SiglipVisionModel, ...)")
+    model_class: str = Field(
+        "AutoModel", description="transformers class (AutoModel, SiglipVisionModel, ...)"
+    )
     pooling: Literal["pooler", "cls", "mean"] = Field(
         "pooler", description="pooler_output, last_hidden_state[:, 0], or the mean over all tokens"
     )

@@ -61,7 +61,7 @@ def model_fingerprint(
     libraries: Sequence[str] = (),
     **more: Any,
 ) -> str:
-    """"sha256:<hex>" over everything listed. `weights`: {file name: sha256}; `more`: any other
+    """ "sha256:<hex>" over everything listed. `weights`: {file name: sha256}; `more`: any other
     setting that changes the numbers (an ONNX output tensor, a task adapter, ...)."""
     return fingerprint(
         {

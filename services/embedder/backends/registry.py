@@ -46,9 +46,22 @@ if TYPE_CHECKING:
     from services.embedder.backends.base import ModelBackend
 
 __all__ = [
-    "BackendKind", "BackendOptionsError", "RegisteredModel", "Runtime", "UnknownKindError",
-    "UnknownModelError", "build_backend", "get_kind", "get_spec", "list_kinds", "list_specs",
-    "load_backend", "register", "register_kind", "resolve_options", "resolve_weights_path",
+    "BackendKind",
+    "BackendOptionsError",
+    "RegisteredModel",
+    "Runtime",
+    "UnknownKindError",
+    "UnknownModelError",
+    "build_backend",
+    "get_kind",
+    "get_spec",
+    "list_kinds",
+    "list_specs",
+    "load_backend",
+    "register",
+    "register_kind",
+    "resolve_options",
+    "resolve_weights_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,18 +166,30 @@ def register_kind(kind: BackendKind, *, replace: bool = False) -> BackendKind:
     return kind
 
 
-register_kind(BackendKind(
-    "efficientnet-lite", EfficientNetLiteOptions, "services.embedder.backends.efficientnet:load",
-    "EfficientNet-Lite (efficientnet_lite_pytorch) on torch, global average pool of the head",
-))
-register_kind(BackendKind(
-    "onnx", OnnxOptions, "services.embedder.backends.onnx:load",
-    "any ONNX image model on onnxruntime, preprocessing given as data",
-))
-register_kind(BackendKind(
-    "histogram", HistogramOptions, "services.embedder.backends.histogram:load",
-    "weight-free joint RGB colour histogram (the floor)",
-))
+register_kind(
+    BackendKind(
+        "efficientnet-lite",
+        EfficientNetLiteOptions,
+        "services.embedder.backends.efficientnet:load",
+        "EfficientNet-Lite (efficientnet_lite_pytorch) on torch, global average pool of the head",
+    )
+)
+register_kind(
+    BackendKind(
+        "onnx",
+        OnnxOptions,
+        "services.embedder.backends.onnx:load",
+        "any ONNX image model on onnxruntime, preprocessing given as data",
+    )
+)
+register_kind(
+    BackendKind(
+        "histogram",
+        HistogramOptions,
+        "services.embedder.backends.histogram:load",
+        "weight-free joint RGB colour histogram (the floor)",
+    )
+)
 
 
 def _load_spec_modules() -> None:
@@ -202,7 +227,9 @@ def register(spec: RegisteredModel, *, replace: bool = False) -> RegisteredModel
     if spec.name in _SPECS and not replace and _SPECS[spec.name] != spec:
         raise ValueError(f"model {spec.name!r} is already registered")
     kind = get_kind(spec.kind)
-    validate_options(kind.options, kind.options.from_registered(spec), kind=kind.name, what=f"model {spec.name!r}")
+    validate_options(
+        kind.options, kind.options.from_registered(spec), kind=kind.name, what=f"model {spec.name!r}"
+    )
     _SPECS[spec.name] = spec
     return spec
 
@@ -221,7 +248,9 @@ def list_specs() -> list[RegisteredModel]:
     return [_SPECS[name] for name in sorted(_SPECS)]
 
 
-def resolve_options(name: str, weights: str | Path | None = None, **overrides: Any) -> tuple[RegisteredModel, BackendOptions]:
+def resolve_options(
+    name: str, weights: str | Path | None = None, **overrides: Any
+) -> tuple[RegisteredModel, BackendOptions]:
     """The registered model `name` and its validated options, with a weights override (the
     kind's `weights` option) and any option overrides applied."""
     spec = get_spec(name)

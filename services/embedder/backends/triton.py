@@ -364,7 +364,9 @@ def _hf_preprocessor(options: BackendOptions) -> tuple[Preprocess, str, Any]:
     )
 
     path = resolve_weights(
-        getattr(options, "model_id", None), getattr(options, "weights", None), required=("preprocessor_config.json",)
+        getattr(options, "model_id", None),
+        getattr(options, "weights", None),
+        required=("preprocessor_config.json",),
     )
     processor = load_image_processor(path)
     local = threading.local()

@@ -15,10 +15,25 @@ file in onnxruntime on a few real photos and comparing with the local backend's 
 
 from services.embedder.triton_export.export import INSTANCE_KINDS, ExportResult, export_triton
 from services.embedder.triton_export.onnx_export import ONNX_EXPORTERS, ExportError, OnnxGraph
-from services.embedder.triton_export.repository import config_pbtxt, read_metadata, readme_text, trtexec_command
+from services.embedder.triton_export.repository import (
+    config_pbtxt,
+    read_metadata,
+    readme_text,
+    trtexec_command,
+)
 from services.embedder.triton_export.verify import compare_with_onnxruntime, shipped_photos
 
 __all__ = [
-    "INSTANCE_KINDS", "ONNX_EXPORTERS", "ExportError", "ExportResult", "OnnxGraph", "compare_with_onnxruntime",
-    "config_pbtxt", "export_triton", "read_metadata", "readme_text", "shipped_photos", "trtexec_command",
+    "INSTANCE_KINDS",
+    "ONNX_EXPORTERS",
+    "ExportError",
+    "ExportResult",
+    "OnnxGraph",
+    "compare_with_onnxruntime",
+    "config_pbtxt",
+    "export_triton",
+    "read_metadata",
+    "readme_text",
+    "shipped_photos",
+    "trtexec_command",
 ]

@@ -51,7 +51,8 @@ ONNX_EXPORTERS: dict[str, str | Exporter] = {
 
 def exporter_for(kind: str) -> Exporter:
     return resolve_lazy(
-        ONNX_EXPORTERS, kind,
+        ONNX_EXPORTERS,
+        kind,
         lambda: ExportError(
             f"no Triton exporter for models of kind {kind!r}; exportable kinds: {sorted(ONNX_EXPORTERS)}"
         ),
@@ -120,7 +121,9 @@ def export_transformers(
 
     from services.embedder.backends.hf import POOLINGS, quiet_transformers, resolve_weights
 
-    path = resolve_weights(options.model_id, options.weights, required=("config.json", "preprocessor_config.json"))
+    path = resolve_weights(
+        options.model_id, options.weights, required=("config.json", "preprocessor_config.json")
+    )
     model_class = getattr(transformers, options.model_class, None)
     if model_class is None:
         raise ExportError(f"{name}: transformers has no class {options.model_class!r}")
