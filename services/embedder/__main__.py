@@ -129,7 +129,7 @@ def build_embedder(settings: EmbedderSettings) -> "BatchingEmbedder":
             max_batch=settings.max_batch,
         )
     elif settings.backend == "triton":
-        from services.embedder.backends.triton import load_triton_backend
+        from services.embedder.backends.triton_loader import load_triton_backend
 
         backend = load_triton_backend(
             settings.model,

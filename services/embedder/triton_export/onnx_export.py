@@ -119,7 +119,8 @@ def export_transformers(
     import torch
     import transformers
 
-    from services.embedder.backends.hf import POOLINGS, quiet_transformers, resolve_weights
+    from services.embedder.backends.hf import POOLINGS, resolve_weights
+    from services.embedder.backends.hf_processors import quiet_transformers
 
     path = resolve_weights(
         options.model_id, options.weights, required=("config.json", "preprocessor_config.json")
