@@ -147,6 +147,8 @@ def test_an_onnx_model_defined_by_kind_and_options(tmp_path):
         BackendOptionsError, match=r"unknown option 'preprocessing.size'.*Valid options for kind 'onnx'"
     ):
         build_backend("onnx", {**definition, "preprocessing": {"size": 8}})
+    # A run config checks a definition before loading anything.
+    assert registry.validate_definition("onnx", definition, name="mine").output == "features"
     with pytest.raises(BackendOptionsError, match=r"option 'preprocessing' is required"):
         build_backend("onnx", {"weights": definition["weights"]})
 

@@ -28,7 +28,7 @@ _DEFINITION_FIELDS = ("weights", "preprocessing", "pooling", "dim", "normalized"
 class BackendOptions(BaseModel):
     """Base of every kind's options: frozen, and no option the kind does not declare."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @classmethod
     def from_registered(cls, model: "RegisteredModel") -> dict[str, Any]:

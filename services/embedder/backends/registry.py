@@ -62,6 +62,7 @@ __all__ = [
     "register_kind",
     "resolve_options",
     "resolve_weights_path",
+    "validate_definition",
 ]
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,15 @@ def load_backend(
     return get_kind(spec.kind).load_function()(spec.name, validated, runtime)
 
 
+def validate_definition(kind: str, options: Mapping[str, Any], *, name: str | None = None) -> BackendOptions:
+    """`options` validated against `kind`'s options model without loading anything (a run
+    config checks its model definitions with this before any work starts)."""
+    backend_kind = get_kind(kind)
+    return validate_options(
+        backend_kind.options, options, kind=kind, what=f"model {name or kind!r} (kind {kind!r})"
+    )
+
+
 def build_backend(
     kind: str,
     options: Mapping[str, Any],
@@ -289,12 +299,9 @@ def build_backend(
 ) -> "ModelBackend":
     """A model defined by `kind` + `options` alone (no registration), served as `name`
     (default: the kind); `options` is validated exactly as a registered model's are."""
-    backend_kind = get_kind(kind)
-    validated = validate_options(
-        backend_kind.options, options, kind=kind, what=f"model {name or kind!r} (kind {kind!r})"
-    )
+    validated = validate_definition(kind, options, name=name)
     runtime = Runtime(device=device, threads=threads, max_batch=max_batch)
-    return backend_kind.load_function()(name or kind, validated, runtime)
+    return get_kind(kind).load_function()(name or kind, validated, runtime)
 
 
 def resolve_lazy(table: dict[str, Any], key: str, unknown: Callable[[], Exception]) -> Callable:
