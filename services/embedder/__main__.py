@@ -1,7 +1,14 @@
 """python -m services.embedder --model NAME [--port 0] ...: load a model and serve it over gRPC.
 
+    python -m services.embedder --model efficientnet-lite0                 # a registered model
+    python -m services.embedder --model histogram --options '{"bins": 4}'  # ... its options overridden
+    python -m services.embedder --kind onnx --model mine \
+        --options '{"weights": "m.onnx", "preprocessing": {"crop_size": 224}}'  # defined by kind + options
+
 Prints `READY <host>:<port>` on stdout once the port is bound and the model is warm (tests and
-orchestration scripts wait for that line), then serves until SIGTERM/SIGINT and drains.
+orchestration scripts wait for that line), then serves until SIGTERM/SIGINT and drains. A model
+that cannot be loaded (unknown name, invalid option, missing weights or library) is one line on
+stderr and exit status 1; anything else that fails is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pydantic import ValidationError
 
+from services.common.errors import VsbenchError
 from services.common.grpc_server import RunningServer, serve_until_signal
 from services.embedder.settings import EmbedderSettings
 
@@ -26,7 +34,9 @@ log = logging.getLogger("services.embedder")
 
 # flag -> settings field; only flags given on the command line override env/defaults.
 _FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--model", "model", str, "registry name"),
+    ("--model", "model", str, "registry name (with --kind: the name to serve the model under)"),
+    ("--kind", "kind", str, "define the model by backend kind + --options instead (--list-kinds)"),
+    ("--options", "options", "json-object", "JSON object of the kind's options (or overrides of --model's)"),
     ("--weights", "weights", str, "weights path or hub id"),
     ("--device", "device", str, "cpu | cuda | cuda:N"),
     ("--threads", "threads", int, "model library intra-op threads"),
@@ -53,13 +63,32 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
 )
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"bins\": 4}'")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.embedder", description=__doc__.split("\n")[0])
     for flag, dest, kind, help_text in _FLAGS:
-        parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
-                        help="report ready without running one dummy batch first")
+        parse = _json_object if kind == "json-object" else kind
+        parser.add_argument(flag, dest=dest, type=parse, default=None, help=help_text)
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        default=None,
+        help="report ready without running one dummy batch first",
+    )
     parser.add_argument("--list", action="store_true", help="list the registered models and exit")
+    parser.add_argument(
+        "--list-kinds", action="store_true", help="list backend kinds and their options, exit"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -73,12 +102,34 @@ def build_settings(args: argparse.Namespace) -> EmbedderSettings:
     return EmbedderSettings(**given)
 
 
+def served_name(settings: EmbedderSettings) -> str:
+    """The model name served: --model, or with --kind and no --model the kind itself."""
+    if settings.kind and "model" not in settings.model_fields_set:
+        return settings.kind
+    return settings.model
+
+
 def build_embedder(settings: EmbedderSettings) -> "BatchingEmbedder":
-    from services.embedder.backends.registry import load_backend
+    from services.embedder.backends.errors import BackendLoadError
+    from services.embedder.backends.registry import build_backend, load_backend
     from services.embedder.batching import BatchingEmbedder
 
-    if settings.backend == "triton":
-        from services.embedder.backends.triton import load_triton_backend
+    if settings.backend == "triton" and (settings.kind or settings.options):
+        raise BackendLoadError("--backend triton serves registered models: --kind and --options do not apply")
+    if settings.kind:
+        options = dict(settings.options)
+        if settings.weights is not None:
+            options.setdefault("weights", settings.weights)
+        backend = build_backend(
+            settings.kind,
+            options,
+            name=served_name(settings),
+            device=settings.device,
+            threads=settings.threads,
+            max_batch=settings.max_batch,
+        )
+    elif settings.backend == "triton":
+        from services.embedder.backends.triton_loader import load_triton_backend
 
         backend = load_triton_backend(
             settings.model,
@@ -95,6 +146,7 @@ def build_embedder(settings: EmbedderSettings) -> "BatchingEmbedder":
             device=settings.device,
             threads=settings.threads,
             max_batch=settings.max_batch,
+            **settings.options,
         )
     return BatchingEmbedder(
         backend,
@@ -112,10 +164,11 @@ async def serve(embedder: "BatchingEmbedder", settings: EmbedderSettings) -> Non
     def ready(running: RunningServer) -> None:
         info = embedder.info()
         log.info(
-            "model %s dim=%d revision=%s preprocessing: %s",
+            "model %s dim=%d revision=%s fingerprint=%s preprocessing: %s",
             info.name,
             info.dim,
             info.revision,
+            info.fingerprint,
             info.preprocessing,
         )
         print(f"READY {settings.host}:{running.port}", flush=True)
@@ -136,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in list_specs():
             print(json.dumps(spec.to_dict()))
         return 0
+    if args.list_kinds:
+        from services.embedder.backends.registry import list_kinds
+
+        for kind in list_kinds():
+            print(json.dumps(kind.to_dict(), default=str))
+        return 0
     try:
         settings = build_settings(args)
     except ValidationError as exc:
@@ -143,8 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         embedder = build_embedder(settings)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError, ImportError) as exc:
-        log.error("cannot load model %r: %s", settings.model, exc)
+    except VsbenchError as exc:  # the user's to fix; anything else is a bug and keeps its traceback
+        print(f"cannot load model: {exc}", file=sys.stderr, flush=True)
         return 1
     try:
         asyncio.run(serve(embedder, settings))

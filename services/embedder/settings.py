@@ -3,7 +3,7 @@ defaults (read when the server starts, never at import)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -17,6 +17,13 @@ class EmbedderSettings(ServerSettings):
 
     model: str = Field("efficientnet-lite0", description="registry name (python -m services.embedder --list)")
     weights: str | None = Field(None, description="local weights path or hub id overriding the spec's")
+    kind: str | None = Field(
+        None, description="serve a model defined by kind + options instead of a registered one (--list-kinds)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON object: the kind's options (with kind), or overrides of the registered model's",
+    )
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
     threads: int | None = Field(
         None, ge=1, description="intra-op threads for the model library (default: its own)"

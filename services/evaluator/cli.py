@@ -298,7 +298,7 @@ def run(
     from pydantic import ValidationError
 
     from services.evaluator.config import RunSpec, ShardEntry
-    from services.evaluator.runner import run_spec
+    from services.evaluator.runner import check_model_definitions, run_spec
 
     if embed_only and score_only:
         _fail("--embed-only and --score-only exclude each other")
@@ -313,6 +313,7 @@ def run(
     except (ValidationError, OSError, yaml.YAMLError) as exc:
         _fail(f"{config}: {' '.join(str(exc).split())}")
         return
+    check_model_definitions(spec)
     if dry_run:
         _print_plan(spec)
         return
@@ -422,7 +423,7 @@ def export_triton_command(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="compare onnxruntime with the local backend"),
 ) -> None:
     """Write a Triton model repository (ONNX, config.pbtxt, TensorRT notes); see docs/triton.md."""
-    from services.embedder.export_triton import export_triton
+    from services.embedder.triton_export import export_triton
 
     result = export_triton(model, out, max_batch=max_batch, instance_kind=instance_kind,
                            instance_count=instance_count, weights=weights, verify=verify)

@@ -49,7 +49,9 @@ def make_client(spec: ModelEntry) -> EmbeddingClient:
         if spec.kind is not None:
             from services.embedder.backends.registry import build_backend
 
-            backend = build_backend(spec.kind, spec.options, device=spec.device, max_batch=spec.batch_size or 32)
+            backend = build_backend(
+                spec.kind, spec.options, name=spec.name, device=spec.device, max_batch=spec.batch_size or 32
+            )
             return InProcessEmbeddingClient(backend, batch_size=spec.batch_size, owns_backend=True)
         return InProcessEmbeddingClient(spec.name, weights=spec.weights, device=spec.device)
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
@@ -119,6 +121,16 @@ class PlanRow:
         if self.images_per_s and self.to_embed:
             return self.to_embed / self.images_per_s
         return 0.0 if not self.to_embed else None
+
+
+def check_model_definitions(spec: RunSpec) -> None:
+    """Models defined by kind + options are validated against the kind's typed options before
+    anything runs (BackendOptionsError lists the valid options)."""
+    for model in spec.models:
+        if model.kind is not None:
+            from services.embedder.backends.registry import validate_definition
+
+            validate_definition(model.kind, model.options, name=model.name)
 
 
 def plan_spec(spec: RunSpec, *, check_files: bool = True) -> list[PlanRow]:

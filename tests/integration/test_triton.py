@@ -26,7 +26,7 @@ import pytest
 from services.common.types import ErrorCode, ImageItem
 from services.embedder.backends.registry import load_backend
 from services.embedder.batching import embed_sync
-from services.embedder.export_triton import ExportError, export_triton, shipped_photos
+from services.embedder.triton_export import ExportError, export_triton, shipped_photos
 from tests.integration.triton_support.server import (
     TritonSetupError,
     as_python_backend,
@@ -184,7 +184,7 @@ def test_export_writes_a_triton_repository(exported):
 def test_export_refuses_bad_arguments(tmp_path):
     with pytest.raises(ExportError, match="no Triton exporter for models of kind 'histogram'"):
         export_triton("histogram", tmp_path)
-    with pytest.raises(ValueError, match="instance_kind"):
+    with pytest.raises(ExportError, match="instance_kind"):
         export_triton("efficientnet-lite0", tmp_path, instance_kind="GPU")
     assert not any(tmp_path.iterdir())  # nothing half-written
     # A failed verification (an impossible tolerance here) leaves no model folder and no staging.
@@ -280,7 +280,7 @@ def test_embedder_in_front_of_triton_matches_the_local_backend(triton, photos, m
 def test_triton_backend_splits_large_batches_and_triton_batches_them(triton, photos):
     import tritonclient.grpc as grpcclient
 
-    from services.embedder.backends.triton import load_triton_backend
+    from services.embedder.backends.triton_loader import load_triton_backend
 
     backend = load_triton_backend("efficientnet-lite0", triton.url)
     stats = grpcclient.InferenceServerClient(triton.url)
@@ -306,7 +306,7 @@ def test_transformers_model_preprocessed_by_its_processor_in_front_of_triton(
 ):
     """A transformers model: exported through torch.onnx with its pooling, preprocessed in the
     embedder by its own image processor, read from the exported model folder's copy."""
-    from services.embedder.backends.triton import load_triton_backend
+    from services.embedder.backends.triton_loader import load_triton_backend
 
     repository, results = exported
     assert results[HF_MODEL].max_abs_diff is not None and results[HF_MODEL].max_abs_diff < 1e-4
@@ -323,7 +323,8 @@ def test_transformers_model_preprocessed_by_its_processor_in_front_of_triton(
 
 
 def test_clear_errors_when_triton_or_the_model_is_missing(triton):
-    from services.embedder.backends.triton import TritonError, load_triton_backend
+    from services.embedder.backends.triton import TritonError
+    from services.embedder.backends.triton_loader import load_triton_backend
     from tests.integration.triton_support.server import free_port
 
     with pytest.raises(

@@ -12,19 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from services.common.fingerprint import file_sha256
 from services.common.types import ImageItem
 from services.embedder.backends import registry
+from services.embedder.backends.errors import BackendLoadError, WeightsNotFoundError
+from services.embedder.backends.options import HistogramOptions
 from services.embedder.backends.preprocess import Preprocessing
 from services.embedder.backends.registry import (
-    BACKEND_FACTORIES,
-    LoadOptions,
-    ModelSpec,
+    BackendKind,
+    RegisteredModel,
     UnknownModelError,
+    build_backend,
     get_spec,
     list_specs,
     load_backend,
     resolve_weights_path,
-    sha256_file,
 )
 from services.embedder.batching import embed_sync
 
@@ -115,7 +117,7 @@ def test_efficientnet_lite0_vectors(lite0, scene_items):
     info = lite0.info()
     assert info.dim == 1280 and info.backend == "torch" and not info.normalized
     weights = resolve_weights_path(get_spec("efficientnet-lite0").weights)
-    assert info.revision == f"sha256:{sha256_file(weights)}"
+    assert info.revision == f"sha256:{file_sha256(weights)}"
     assert "(127,127,127)" in info.preprocessing and "224x224" in info.preprocessing
     vectors = embed_all(lite0, scene_items)
     assert all(
@@ -286,7 +288,7 @@ def numpy_features(image: Image.Image, conv_w: np.ndarray) -> np.ndarray:
 def test_generic_onnx_backend_serves_an_intermediate_tensor(tmp_path, static_batch):
     weights = tiny_onnx(tmp_path / "tiny.onnx", static_batch)
     spec = registry.register(
-        ModelSpec(
+        RegisteredModel(
             name=f"tiny-onnx-{static_batch}",
             kind="onnx",
             weights=str(tmp_path / "tiny.onnx"),
@@ -307,7 +309,7 @@ def test_generic_onnx_backend_serves_an_intermediate_tensor(tmp_path, static_bat
         )
     # The graph's own output stays available under the plain spec.
     plain = registry.register(
-        ModelSpec(
+        RegisteredModel(
             name=f"tiny-logits-{static_batch}",
             kind="onnx",
             weights=str(tmp_path / "tiny.onnx"),
@@ -320,15 +322,9 @@ def test_generic_onnx_backend_serves_an_intermediate_tensor(tmp_path, static_bat
 
 def test_onnx_unknown_output_is_a_clear_error(tmp_path):
     tiny_onnx(tmp_path / "tiny.onnx")
-    spec = ModelSpec(
-        name="tiny-bad",
-        kind="onnx",
-        weights=str(tmp_path / "tiny.onnx"),
-        preprocessing=TINY_PRE,
-        options={"output": "nope"},
-    )
-    with pytest.raises(ValueError, match="no tensor named 'nope'"):
-        registry.factory_for("onnx")(spec, LoadOptions())
+    options = {"weights": str(tmp_path / "tiny.onnx"), "preprocessing": TINY_PRE, "output": "nope"}
+    with pytest.raises(BackendLoadError, match="no tensor named 'nope'"):
+        build_backend("onnx", options, name="tiny-bad")
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -349,21 +345,26 @@ def test_unknown_model_names_the_known_ones():
 
 def test_registering_a_different_spec_under_a_taken_name_is_refused():
     with pytest.raises(ValueError, match="already registered"):
-        registry.register(ModelSpec(name="histogram", kind="histogram", dim=3))
+        registry.register(RegisteredModel(name="histogram", kind="histogram", dim=3))
 
 
-def test_new_kinds_plug_in_through_the_factory_table(monkeypatch):
-    monkeypatch.setitem(BACKEND_FACTORIES, "colour-test", "services.embedder.backends.histogram:load")
-    registry.register(ModelSpec(name="histogram-4", kind="colour-test", options={"bins": 4}), replace=True)
+def test_new_kinds_plug_in_through_the_kind_table():
+    kind = registry.register_kind(
+        BackendKind("colour-test", HistogramOptions, "services.embedder.backends.histogram:load"),
+        replace=True,
+    )
+    registry.register(
+        RegisteredModel(name="histogram-4", kind="colour-test", options={"bins": 4}), replace=True
+    )
     backend = load_backend("histogram-4", max_batch=7)
     assert backend.info().dim == 64 and backend.info().max_batch == 7
-    assert callable(BACKEND_FACTORIES["colour-test"])  # resolved once, then cached
+    assert callable(kind.loader)  # resolved once, then cached
 
 
 def test_missing_weights_are_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(WeightsNotFoundError, match="not found"):
         load_backend("efficientnet-lite0", weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(FileNotFoundError, match="not installed"):
+    with pytest.raises(WeightsNotFoundError, match="not installed"):
         resolve_weights_path("pkg:no_such_package_xyz/model.bin")
 
 

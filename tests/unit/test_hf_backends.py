@@ -21,12 +21,11 @@ import transformers
 from PIL import Image, ImageDraw
 
 from services.embedder.backends import hf_specs, jina, nomic
+from services.embedder.backends.errors import BackendOptionsError
 from services.embedder.backends.hf import MissingExtraError, WeightsNotFoundError
-from services.embedder.backends.registry import get_spec, load_backend
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+from services.embedder.backends.registry import build_backend, get_kind, get_spec, load_backend
+from tests.contract import tiny_checkpoints
+from tests.contract.tiny_checkpoints import IMAGENET_MEAN, IMAGENET_STD, save_processor_config
 
 
 def _photo(width: int, height: int, seed: int) -> Image.Image:
@@ -52,111 +51,31 @@ def photos() -> list[Image.Image]:
     return [_photo(320, 240, 1), _photo(180, 260, 2), _photo(97, 71, 3), _photo(640, 240, 4)]
 
 
-def _save_processor_config(directory: Path, config: dict) -> None:
-    (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
-
-
 # ------------------------------------------------------------------ tiny checkpoints, real classes
 
 
 @pytest.fixture(scope="module")
 def dinov2_dir(tmp_path_factory) -> tuple[Path, object]:
     directory = tmp_path_factory.mktemp("dinov2")
-    model = transformers.Dinov2Model(
-        transformers.Dinov2Config(image_size=224, patch_size=14, **TINY_VIT)
-    ).eval()
-    model.save_pretrained(directory)
-    # facebook/dinov2-large's preprocessor_config.json
-    _save_processor_config(
-        directory,
-        {
-            "image_processor_type": "BitImageProcessor",
-            "do_resize": True,
-            "size": {"shortest_edge": 256},
-            "resample": 3,
-            "do_center_crop": True,
-            "crop_size": {"height": 224, "width": 224},
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": IMAGENET_MEAN,
-            "image_std": IMAGENET_STD,
-            "do_convert_rgb": True,
-        },
-    )
-    return directory, model
+    return directory, tiny_checkpoints.build_dinov2(directory)
 
 
 @pytest.fixture(scope="module")
 def dinov3_dir(tmp_path_factory) -> tuple[Path, object]:
     directory = tmp_path_factory.mktemp("dinov3")
-    config = transformers.DINOv3ViTConfig(image_size=224, patch_size=16, num_register_tokens=4, **TINY_VIT)
-    model = transformers.DINOv3ViTModel(config).eval()
-    model.save_pretrained(directory)
-    # facebook/dinov3-vitl16-pretrain-lvd1689m's preprocessor_config.json
-    _save_processor_config(
-        directory,
-        {
-            "image_processor_type": "DINOv3ViTImageProcessorFast",
-            "do_resize": True,
-            "size": {"height": 224, "width": 224},
-            "resample": 2,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": IMAGENET_MEAN,
-            "image_std": IMAGENET_STD,
-        },
-    )
-    return directory, model
+    return directory, tiny_checkpoints.build_dinov3(directory)
 
 
 @pytest.fixture(scope="module")
 def siglip_dir(tmp_path_factory) -> tuple[Path, object]:
     directory = tmp_path_factory.mktemp("siglip2")
-    config = transformers.SiglipConfig(
-        vision_config=dict(image_size=384, patch_size=14, **TINY_VIT),
-        text_config=dict(vocab_size=64, max_position_embeddings=16, **TINY_VIT),
-    )
-    model = transformers.SiglipModel(config).eval()  # the FixRes checkpoints' class (model_type siglip)
-    model.save_pretrained(directory)
-    _save_processor_config(
-        directory,
-        {
-            "image_processor_type": "SiglipImageProcessor",
-            "do_resize": True,
-            "size": {"height": 384, "width": 384},
-            "resample": 2,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": [0.5, 0.5, 0.5],
-            "image_std": [0.5, 0.5, 0.5],
-        },
-    )
-    return directory, model
+    return directory, tiny_checkpoints.build_siglip(directory)
 
 
 @pytest.fixture(scope="module")
 def vit_dir(tmp_path_factory) -> tuple[Path, object]:
     directory = tmp_path_factory.mktemp("vit")
-    model = transformers.ViTModel(transformers.ViTConfig(image_size=64, patch_size=16, **TINY_VIT)).eval()
-    model.save_pretrained(directory)
-    _save_processor_config(
-        directory,
-        {
-            "image_processor_type": "ViTImageProcessor",
-            "do_resize": True,
-            "size": {"height": 64, "width": 64},
-            "resample": 2,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": [0.5, 0.5, 0.5],
-            "image_std": [0.5, 0.5, 0.5],
-        },
-    )
-    return directory, model
+    return directory, tiny_checkpoints.build_vit(directory)
 
 
 def _reference_pixels(directory: Path, images: list[Image.Image]) -> dict:
@@ -302,7 +221,9 @@ def test_automodel_poolings(vit_dir, photos, name, pool):
 def test_automodel_needs_weights_and_a_known_pooling(vit_dir):
     with pytest.raises(WeightsNotFoundError, match="--weights PATH"):
         load_backend("hf-automodel")
-    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+    with pytest.raises(
+        BackendOptionsError, match=r"option 'pooling': Input should be 'pooler', 'cls' or 'mean'"
+    ):
         load_backend("hf-automodel", weights=vit_dir[0], pooling="max")
 
 
@@ -363,67 +284,11 @@ def test_loads_from_offline_hub_cache(dinov2_dir, photos, tmp_path, monkeypatch)
 
 # ---------------------------------------------------------------------------- Jina v4 (remote code)
 
-_JINA_CONFIG_CODE = """
-from transformers import PretrainedConfig
-
-
-class TinyJinaConfig(PretrainedConfig):
-    model_type = "tiny_jina_v4_test"
-
-    def __init__(self, hidden_size=8, **kwargs):
-        self.hidden_size = hidden_size
-        super().__init__(**kwargs)
-"""
-
-# Stands in for the checkpoint's modeling file (which cannot be downloaded here) with the same
-# encode_image signature; what is under test is the loader: local remote code, dtype, arguments.
-_JINA_MODEL_CODE = """
-import numpy as np
-import peft  # noqa: F401  the real remote code imports peft as well
-import torch
-from transformers import PreTrainedModel
-
-from .configuration_tiny_jina import TinyJinaConfig
-
-
-class TinyJinaModel(PreTrainedModel):
-    config_class = TinyJinaConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.proj = torch.nn.Linear(3, config.hidden_size)
-        self.calls = []
-        self.post_init()
-
-    def encode_image(self, images, task=None, batch_size=8, return_multivector=False,
-                     return_numpy=False, truncate_dim=None, max_pixels=None):
-        self.calls.append(dict(task=task, batch_size=batch_size, return_multivector=return_multivector,
-                               max_pixels=max_pixels, count=len(images)))
-        means = [np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(0) / 255 for image in images]
-        vectors = self.proj(torch.from_numpy(np.stack(means)).to(self.dtype))
-        return list(torch.nn.functional.normalize(vectors, dim=-1))
-"""
-
-
-def _write_jina_code(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "configuration_tiny_jina.py").write_text(_JINA_CONFIG_CODE)
-    (directory / "modeling_tiny_jina.py").write_text(_JINA_MODEL_CODE)
-    auto_map = {
-        "AutoConfig": "configuration_tiny_jina.TinyJinaConfig",
-        "AutoModel": "modeling_tiny_jina.TinyJinaModel",
-    }
-    (directory / "config.json").write_text(
-        json.dumps({"model_type": "tiny_jina_v4_test", "hidden_size": 8, "auto_map": auto_map})
-    )
-
 
 @pytest.fixture(scope="module")
 def jina_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("jina") / "tiny-jina-v4"
-    _write_jina_code(directory)
-    config = transformers.AutoConfig.from_pretrained(str(directory), trust_remote_code=True)
-    transformers.AutoModel.from_config(config, trust_remote_code=True).save_pretrained(str(directory))
+    tiny_checkpoints.build_jina(directory)
     return directory
 
 
@@ -507,7 +372,7 @@ def test_nomic_adapter_needs_its_base_model_offline(tmp_path, monkeypatch):
 def test_specs_are_registered_with_lazy_factories():
     for spec in hf_specs.HF_MODEL_SPECS:
         assert get_spec(spec.name) is spec
-        assert spec.kind in hf_specs.HF_FACTORIES
+        assert get_kind(spec.kind) in hf_specs.HF_KINDS
         assert spec.preprocessing is None and spec.preprocessing_note
     assert get_spec("siglip2-so400m-384").options["model_class"] == "SiglipVisionModel"
     assert {get_spec(n).dim for n in ("dinov2-large", "dinov3-vitl16", "pe-core-l14-336")} == {1024}
@@ -517,8 +382,53 @@ def test_specs_are_registered_with_lazy_factories():
         "from services.embedder.backends import registry\n"
         "registry.list_specs()\n"
         "for kind in ('hf', 'open_clip', 'jina', 'nomic'):\n"
-        "    assert callable(registry.factory_for(kind))\n"
+        "    assert callable(registry.get_kind(kind).load_function())\n"
         "heavy = {'torch', 'transformers', 'open_clip', 'colpali_engine', 'peft'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+# -------------------------------------------------------------------- kind + options, fingerprints
+
+
+def test_hf_model_defined_by_kind_and_options(vit_dir, photos):
+    """A run config's "this checkpoint directory, mean pooling": the same model as the registered
+    hf-automodel-mean, so the same vectors and the same fingerprint."""
+    directory, _ = vit_dir
+    defined = build_backend("hf", {"weights": str(directory), "pooling": "mean"}, name="my-vit")
+    registered = load_backend("hf-automodel-mean", weights=directory)
+    assert defined.info().name == "my-vit"
+    np.testing.assert_array_equal(_backend_vectors(defined, photos), _backend_vectors(registered, photos))
+    assert defined.info().fingerprint == registered.info().fingerprint
+    assert (
+        defined.info().fingerprint != load_backend("hf-automodel-cls", weights=directory).info().fingerprint
+    )
+    with pytest.raises(
+        BackendOptionsError,
+        match=r"unknown option 'poolling'.*dtype, model_class, model_id, pooling, weights",
+    ):
+        build_backend("hf", {"weights": str(directory), "poolling": "mean"})
+
+
+def test_hf_fingerprint_follows_weights_dtype_and_processor(vit_dir, dinov2_dir, photos, tmp_path):
+    directory, _ = vit_dir
+    base = load_backend("hf-automodel", weights=directory)
+    assert base.info().fingerprint == load_backend("hf-automodel", weights=directory).info().fingerprint
+    assert base.info().fingerprint != load_backend("hf-automodel", weights=dinov2_dir[0]).info().fingerprint
+
+    bf16 = load_backend("hf-automodel", weights=directory, dtype="bfloat16")
+    assert bf16.info().details["compute_dtype"] == "bfloat16"
+    assert bf16.info().fingerprint != base.info().fingerprint
+    vectors = _backend_vectors(bf16, photos[:2])
+    assert vectors.dtype == np.float32 and np.isfinite(vectors).all()
+    np.testing.assert_allclose(vectors, _backend_vectors(base, photos[:2]), atol=0.1, rtol=0.05)
+
+    # Same weights, one processor value changed (the mean): another fingerprint.
+    changed = tmp_path / "vit-other-mean"
+    changed.mkdir()
+    for file in directory.iterdir():
+        (changed / file.name).write_bytes(file.read_bytes())
+    config = json.loads((directory / "preprocessor_config.json").read_text())
+    save_processor_config(changed, {**config, "image_mean": [0.4, 0.4, 0.4]})
+    assert load_backend("hf-automodel", weights=changed).info().fingerprint != base.info().fingerprint

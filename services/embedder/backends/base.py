@@ -22,7 +22,8 @@ class ModelBackend(ABC):
 
     @abstractmethod
     def info(self) -> ModelInfo:
-        """Name, dim, preprocessing as the backend applies it, revision/checksum, max batch."""
+        """Name, dim, preprocessing as the backend applies it, revision, max batch, and the
+        fingerprint over everything that changes the vectors (backends/provenance.py)."""
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> Any:

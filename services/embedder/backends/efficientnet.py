@@ -25,9 +25,14 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from services.common.fingerprint import file_sha256
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
-from services.embedder.backends.registry import LoadOptions, ModelSpec, resolve_weights_path, sha256_file
+from services.embedder.backends.errors import BackendLoadError
+from services.embedder.backends.options import EfficientNetLiteOptions
+from services.embedder.backends.preprocess import Preprocessing
+from services.embedder.backends.provenance import model_fingerprint
+from services.embedder.backends.registry import Runtime, resolve_weights_path
 from services.embedder.backends.torch_runtime import configure_threads, resolve_device
 
 log = logging.getLogger(__name__)
@@ -70,22 +75,25 @@ def fold_batchnorm(model: Any) -> None:
 
 
 class EfficientNetLiteBackend(ModelBackend):
+    POOLING = "avgpool"
+
     def __init__(
         self,
-        spec: ModelSpec,
+        name: str,
         model: Any,
+        preprocessing: Preprocessing,
+        *,
+        variant: str,
         device: str = "cpu",
         revision: str = "",
+        fingerprint: str = "",
         max_batch: int = 64,
         details: dict[str, str] | None = None,
         cpu_micro_batch: int | None = None,
     ) -> None:
         import torch
 
-        if spec.preprocessing is None:
-            raise ValueError(f"{spec.name}: an EfficientNet spec needs preprocessing")
-        self._spec = spec
-        self._preprocess = spec.preprocessing
+        self._preprocess = preprocessing
         self._torch = torch
         self._device = resolve_device(device)
         self._model = model.to(self._device, memory_format=torch.channels_last)
@@ -93,20 +101,21 @@ class EfficientNetLiteBackend(ModelBackend):
         # about twice as fast per image (bench/embedder.py, docs/performance.md).
         self._micro_batch = cpu_micro_batch if self._device.type == "cpu" and cpu_micro_batch else None
         self._info = ModelInfo(
-            name=spec.name,
-            dim=spec.dim or 1280,
-            preprocessing=spec.describe_preprocessing(),
+            name=name,
+            dim=1280,
+            preprocessing=preprocessing.describe(),
             normalized=False,
             revision=revision,
             max_batch=max_batch,
             backend="torch",
             details={
-                "pooling": spec.pooling,
+                "pooling": self.POOLING,
                 "device": str(self._device),
                 "torch": torch.__version__,
-                "variant": str(spec.options.get("variant", "")),
+                "variant": variant,
                 **(details or {}),
             },
+            fingerprint=fingerprint,
         )
 
     def info(self) -> ModelInfo:
@@ -129,33 +138,41 @@ class EfficientNetLiteBackend(ModelBackend):
         return pooled.float().cpu().numpy()
 
 
-def load(spec: ModelSpec, options: LoadOptions) -> EfficientNetLiteBackend:
+def load(name: str, options: EfficientNetLiteOptions, runtime: Runtime) -> EfficientNetLiteBackend:
     import torch
 
-    configure_threads(options.threads)
-    variant = str(spec.options["variant"])
-    ref = options.weights_ref(spec)
-    if ref is None:
-        raise ValueError(f"{spec.name}: no weights given")
-    path = resolve_weights_path(ref)
+    configure_threads(runtime.threads)
+    if options.weights is None:
+        raise BackendLoadError(f"{name}: no weights given (--weights FILE.pth)")
+    path = resolve_weights_path(options.weights)
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(variant, state_dict, fuse_batchnorm=bool(spec.options.get("fuse_batchnorm", True)))
+    model = build_model(options.variant, state_dict, fuse_batchnorm=options.fuse_batchnorm)
     expected = model.input_image_size
-    if spec.preprocessing is not None and spec.preprocessing.crop_hw != (expected, expected):
+    if options.preprocessing.crop_hw != (expected, expected):
         # The package computes its "same" padding for this size at construction.
-        raise ValueError(
-            f"{spec.name}: preprocessing crop {spec.preprocessing.crop_hw} != model size {expected}"
+        raise BackendLoadError(
+            f"{name}: preprocessing crop {options.preprocessing.crop_hw} != "
+            f"{options.variant} input size {expected}"
         )
-    log.info("loaded %s from %s", spec.name, path)
+    log.info("loaded %s from %s", name, path)
+    weights_sha = file_sha256(path)
     return EfficientNetLiteBackend(
-        spec,
+        name,
         model,
-        device=options.device,
-        revision=f"sha256:{sha256_file(path)}",
-        max_batch=options.max_batch,
-        details={
-            "weights": path.name,
-            "bn_folded": str(bool(spec.options.get("fuse_batchnorm", True))).lower(),
-        },
-        cpu_micro_batch=int(options.extra.get("cpu_micro_batch", spec.options.get("cpu_micro_batch", 8))),
+        options.preprocessing,
+        variant=options.variant,
+        device=runtime.device,
+        revision=f"sha256:{weights_sha}",
+        fingerprint=model_fingerprint(
+            backend="efficientnet-lite",
+            weights={path.name: weights_sha},
+            preprocessing=options.preprocessing,
+            pooling=EfficientNetLiteBackend.POOLING,
+            architecture=options.variant,
+            bn_folded=options.fuse_batchnorm,
+            libraries=("torch", "efficientnet-lite-pytorch", "pillow"),
+        ),
+        max_batch=runtime.max_batch,
+        details={"weights": path.name, "bn_folded": str(options.fuse_batchnorm).lower()},
+        cpu_micro_batch=options.cpu_micro_batch,
     )

@@ -1,5 +1,8 @@
 """Hugging Face transformers image backends: DINOv2, DINOv3, SigLIP2 (FixRes) and any AutoModel.
 
+This module: weights on disk (offline hub cache or a directory) and the backend; the image
+processors (load, describe, DINOv3's torch port) are in hf_processors.py.
+
 Every model is preprocessed by its own image processor, read from the weights directory
 (`preprocessor_config.json`), never by a shared pipeline. Weights come from a local directory or
 an offline Hugging Face cache; nothing is downloaded. `transformers` and `torch` are imported
@@ -11,12 +14,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +25,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from services.common.errors import VsbenchError
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
 
+# The errors are imported from here by the other hub backends and tests.
+from services.embedder.backends.errors import (
+    BackendLoadError,
+    MissingExtraError,
+    WeightsNotFoundError,
+)
+from services.embedder.backends.hf_processors import (
+    describe_processor,
+    load_image_processor,
+    processor_record,
+    quiet_transformers,
+)
+from services.embedder.backends.provenance import checkpoint_files, model_fingerprint
+
 if TYPE_CHECKING:
-    from services.embedder.backends.registry import LoadOptions, ModelSpec
+    from services.embedder.backends.options import TransformersOptions
+    from services.embedder.backends.registry import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +52,7 @@ WeightsPath = str | os.PathLike[str]
 
 
 # --------------------------------------------------------------------------------------- errors
-
-
-class BackendLoadError(VsbenchError):
-    """A backend cannot be built; the message says what is missing and how to provide it."""
-
-
-class WeightsNotFoundError(BackendLoadError, FileNotFoundError):
-    """No usable weights in the given directory nor in the offline Hugging Face cache."""
-
-
-class MissingExtraError(BackendLoadError, ImportError):
-    """A library this backend needs is not installed; the message names the pip extra."""
+# (defined in errors.py; imported here too because the other hub backends import them from here)
 
 
 def require_module(module: str, *, extra: str, purpose: str) -> Any:
@@ -167,162 +171,6 @@ def weights_revision(path: Path) -> str:
     return "dir-sha256:" + digest.hexdigest()[:16]
 
 
-# ------------------------------------------------------------------------------ preprocessing
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars (e.g. SigLIP's unused text-tower weights)."""
-    from transformers.utils import logging as hf_logging
-
-    previous = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(previous)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _size_text(size: Any) -> str:
-    values = {k: v for k, v in dict(_as_mapping(size)).items() if v is not None}
-    if set(values) == {"shortest_edge"}:
-        return f"shortest edge {values['shortest_edge']}"
-    if set(values) == {"height", "width"}:
-        return f"{values['height']}x{values['width']} (aspect not kept)"
-    return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
-
-
-def _as_mapping(value: Any) -> Mapping[str, Any]:
-    if isinstance(value, Mapping):
-        return value
-    if isinstance(value, int):
-        return {"shortest_edge": value}
-    names = ("height", "width", "shortest_edge", "longest_edge", "min_pixels", "max_pixels")
-    return {name: getattr(value, name, None) for name in names}
-
-
-def _resample_text(resample: Any) -> str:
-    from transformers.image_utils import PILImageResampling
-
-    try:
-        return PILImageResampling(int(resample)).name.lower()
-    except (TypeError, ValueError):
-        return str(getattr(resample, "value", resample)).lower()
-
-
-def _floats(values: Any) -> str:
-    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
-
-
-def describe_processor(processor: Any) -> str:
-    """A human-readable account of what an image processor does, read from its settings."""
-    if hasattr(processor, "describe"):
-        return processor.describe()
-    steps: list[str] = []
-    if getattr(processor, "do_resize", False):
-        steps.append(f"resize {_size_text(processor.size)} {_resample_text(processor.resample)}")
-    if getattr(processor, "do_center_crop", False):
-        steps.append(f"center crop {_size_text(processor.crop_size).removesuffix(' (aspect not kept)')}")
-    if getattr(processor, "do_rescale", False):
-        factor = float(processor.rescale_factor)
-        steps.append("rescale 1/255" if abs(factor - 1 / 255) < 1e-9 else f"rescale x{factor:.6g}")
-    if getattr(processor, "do_normalize", False):
-        steps.append(f"normalize mean={_floats(processor.image_mean)} std={_floats(processor.image_std)}")
-    return f"{type(processor).__name__}: " + "; ".join(steps)
-
-
-@dataclass(frozen=True)
-class RescaleResizeNormalize:
-    """DINOv3's processor (rescale, then antialiased resize to a fixed size, then normalize)
-    rebuilt on torch ops, because transformers ships it only on torchvision, which the embedder
-    does not install. Driven entirely by the checkpoint's preprocessor_config.json."""
-
-    height: int
-    width: int
-    mode: str
-    rescale_factor: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    _MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample codes that torch can antialias
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> RescaleResizeNormalize:
-        size = config.get("size") or {"height": 224, "width": 224}
-        resample = int(config.get("resample", 2))
-        if resample not in cls._MODES:
-            raise BackendLoadError(f"resample={resample} has no antialiased torch equivalent")
-        return cls(
-            height=int(size["height"]),
-            width=int(size["width"]),
-            mode=cls._MODES[resample],
-            rescale_factor=float(config.get("rescale_factor", 1 / 255))
-            if config.get("do_rescale", True)
-            else 1.0,
-            mean=tuple(config.get("image_mean", (0.485, 0.456, 0.406))),
-            std=tuple(config.get("image_std", (0.229, 0.224, 0.225))),
-        )
-
-    def __call__(self, images: Sequence[Image.Image], return_tensors: str = "np") -> dict[str, np.ndarray]:
-        import torch
-        import torch.nn.functional as F
-
-        out = []
-        for image in images:
-            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
-            chw = pixels.permute(2, 0, 1).unsqueeze(0) * self.rescale_factor
-            chw = F.interpolate(
-                chw, size=(self.height, self.width), mode=self.mode, align_corners=False, antialias=True
-            )
-            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-            out.append(((chw - mean) / std)[0].numpy())
-        return {"pixel_values": np.stack(out)}
-
-    def describe(self) -> str:
-        rescale = "1/255" if abs(self.rescale_factor - 1 / 255) < 1e-9 else f"x{self.rescale_factor:.6g}"
-        return (
-            f"DINOv3ViTImageProcessor (torch port): rescale {rescale}; resize {self.height}x{self.width} "
-            f"(aspect not kept) {self.mode} antialias; "
-            f"normalize mean={_floats(self.mean)} std={_floats(self.std)}"
-        )
-
-
-# image_processor_type -> torch-only stand-in, used only when transformers' class needs torchvision
-NATIVE_PROCESSORS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "DINOv3ViTImageProcessor": RescaleResizeNormalize.from_config,
-}
-
-
-def load_image_processor(path: Path) -> Any:
-    """The checkpoint's own image processor: transformers' PIL implementation when it has one
-    (same numbers with or without torchvision), else its default one, else a torch port."""
-    from transformers import AutoImageProcessor
-
-    config_file = path / "preprocessor_config.json"
-    if not config_file.is_file():
-        raise WeightsNotFoundError(
-            f"{path} has no preprocessor_config.json: the model's own preprocessing is unknown"
-        )
-    with quiet_transformers():
-        for kwargs in ({"backend": "pil"}, {}):
-            try:
-                return AutoImageProcessor.from_pretrained(str(path), local_files_only=True, **kwargs)
-            except (ImportError, ValueError, KeyError) as exc:
-                last_error: Exception = exc
-    config = json.loads(config_file.read_text())
-    kind = str(config.get("image_processor_type", "")).removesuffix("Fast")
-    if kind not in NATIVE_PROCESSORS:
-        raise BackendLoadError(
-            f"cannot load image processor {kind or '?'} from {path}: {last_error}"
-        ) from last_error
-    return NATIVE_PROCESSORS[kind](config)
-
-
 # ------------------------------------------------------------------------------------ backend
 
 # pooling name -> how the global embedding is read from the model's output
@@ -340,6 +188,7 @@ class HFImageSpec:
     model_class: str = "AutoModel"
     pooling: str = "pooler"
     max_batch: int = 64
+    dtype: str = "float32"  # torch dtype name the weights and inputs are computed in
 
 
 class TransformersImageBackend(ModelBackend):
@@ -347,7 +196,7 @@ class TransformersImageBackend(ModelBackend):
 
     def __init__(self, spec: HFImageSpec, weights: WeightsPath | None = None, device: str = "cpu") -> None:
         if spec.pooling not in POOLINGS:
-            raise ValueError(
+            raise BackendLoadError(
                 f"unknown pooling {spec.pooling!r} for {spec.name}; known: {', '.join(POOLINGS)}"
             )
         require_module("transformers", extra="embedder", purpose=f"backend {spec.name}")
@@ -359,13 +208,14 @@ class TransformersImageBackend(ModelBackend):
             spec.model_id, weights, required=("config.json", "preprocessor_config.json")
         )
         self._device = torch.device(device)
+        self._dtype = getattr(torch, spec.dtype)
         model_class = getattr(transformers, spec.model_class, None)
         if model_class is None:
             raise BackendLoadError(
                 f"transformers {transformers.__version__} has no class {spec.model_class!r} ({spec.name})"
             )
         with quiet_transformers():
-            model = model_class.from_pretrained(str(self._path), local_files_only=True, dtype=torch.float32)
+            model = model_class.from_pretrained(str(self._path), local_files_only=True, dtype=self._dtype)
         self._model = model.to(self._device).eval()
         self._processor = load_image_processor(self._path)
         self._preprocessing = describe_processor(self._processor)
@@ -373,6 +223,15 @@ class TransformersImageBackend(ModelBackend):
         self._revision = weights_revision(self._path)
         probe = self.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))
         self._dim = int(self._embed([probe]).shape[1])
+        self._fingerprint = model_fingerprint(
+            backend="transformers",
+            weights=checkpoint_files(self._path),
+            preprocessing=processor_record(self._processor),
+            pooling=spec.pooling,
+            compute_dtype=spec.dtype,
+            model_class=spec.model_class,
+            libraries=("torch", "transformers", "pillow"),
+        )
 
     def info(self) -> ModelInfo:
         import transformers
@@ -391,9 +250,10 @@ class TransformersImageBackend(ModelBackend):
                 "pooling": self._spec.pooling,
                 "weights": str(self._path),
                 "device": str(self._device),
-                "compute_dtype": "float32",
+                "compute_dtype": self._spec.dtype,
                 "transformers": transformers.__version__,
             },
+            fingerprint=self._fingerprint,
         )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -416,7 +276,7 @@ class TransformersImageBackend(ModelBackend):
     def _embed(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
-        batch = torch.from_numpy(np.stack(inputs)).to(self._device, torch.float32)
+        batch = torch.from_numpy(np.stack(inputs)).to(self._device, self._dtype)
         with torch.inference_mode():
             output = self._model(pixel_values=batch)
             pooled = POOLINGS[self._spec.pooling](output)
@@ -434,15 +294,15 @@ def apply_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def load(spec: ModelSpec, options: LoadOptions) -> ModelBackend:
-    """Registry factory for kind "hf"; options.extra may override the spec's model_class / pooling."""
-    settings = {**spec.options, **options.extra}
-    apply_threads(options.threads)
+def load(name: str, options: TransformersOptions, runtime: Runtime) -> ModelBackend:
+    """Loader of kind "hf" (options: services.embedder.backends.options.TransformersOptions)."""
+    apply_threads(runtime.threads)
     hf_spec = HFImageSpec(
-        name=spec.name,
-        model_id=spec.weights,
-        model_class=str(settings.get("model_class", "AutoModel")),
-        pooling=str(settings.get("pooling", "pooler")),
-        max_batch=options.max_batch,
+        name=name,
+        model_id=options.model_id,
+        model_class=options.model_class,
+        pooling=options.pooling,
+        max_batch=runtime.max_batch,
+        dtype=options.dtype,
     )
-    return TransformersImageBackend(hf_spec, weights=options.weights, device=options.device)
+    return TransformersImageBackend(hf_spec, weights=options.weights, device=runtime.device)

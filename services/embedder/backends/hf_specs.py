@@ -1,7 +1,8 @@
 """The report's open models as data, registered with the backend registry on import.
 
 The registry imports this module the first time a spec is looked up (registry.SPEC_MODULES).
-Nothing here imports a model library: each kind's loader is a "module:function" string.
+Nothing here imports a model library: each kind's loader is a "module:function" string, and its
+options model (services.embedder.backends.options) is plain pydantic.
 
 These models are preprocessed by their own library (image processor, open_clip transform, remote
 code), so `preprocessing` is None and `preprocessing_note` states what the published checkpoint's
@@ -11,21 +12,42 @@ config says; a loaded backend reports what it actually applies in `info().prepro
 
 from __future__ import annotations
 
-from services.embedder.backends.registry import BACKEND_FACTORIES, ModelSpec, register
+from services.embedder.backends.options import JinaOptions, NomicOptions, OpenClipOptions, TransformersOptions
+from services.embedder.backends.registry import BackendKind, RegisteredModel, register, register_kind
 
-HF_FACTORIES: dict[str, str] = {
-    "hf": "services.embedder.backends.hf:load",
-    "open_clip": "services.embedder.backends.open_clip_backend:load",
-    "jina": "services.embedder.backends.jina:load",
-    "nomic": "services.embedder.backends.nomic:load",
-}
+HF_KINDS: tuple[BackendKind, ...] = (
+    BackendKind(
+        "hf",
+        TransformersOptions,
+        "services.embedder.backends.hf:load",
+        "a transformers vision model with its own image processor and a named pooling",
+    ),
+    BackendKind(
+        "open_clip",
+        OpenClipOptions,
+        "services.embedder.backends.open_clip_backend:load",
+        "an open_clip image tower with the transform open_clip builds (extra 'openclip')",
+    ),
+    BackendKind(
+        "jina",
+        JinaOptions,
+        "services.embedder.backends.jina:load",
+        "Jina Embeddings v4 through its own remote code",
+    ),
+    BackendKind(
+        "nomic",
+        NomicOptions,
+        "services.embedder.backends.nomic:load",
+        "Nomic Embed Multimodal through colpali-engine (extra 'nomic')",
+    ),
+)
 
 _IMAGENET = "mean=[0.485, 0.456, 0.406] std=[0.229, 0.224, 0.225]"
 _HALF = "mean=[0.5, 0.5, 0.5] std=[0.5, 0.5, 0.5]"
 _QWEN_VL = "Qwen2.5-VL dynamic resolution: smart_resize to multiples of 28 within 3,136..602,112 pixels"
 
-HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
-    ModelSpec(
+HF_MODEL_SPECS: tuple[RegisteredModel, ...] = (
+    RegisteredModel(
         name="dinov2-large",
         kind="hf",
         weights="facebook/dinov2-large",
@@ -37,7 +59,7 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
         licence="Apache-2.0",
         options={"model_class": "AutoModel", "pooling": "pooler"},
     ),
-    ModelSpec(
+    RegisteredModel(
         name="dinov3-vitl16",
         kind="hf",
         weights="facebook/dinov3-vitl16-pretrain-lvd1689m",
@@ -49,7 +71,7 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
         licence="DINOv3 License",
         options={"model_class": "AutoModel", "pooling": "pooler"},
     ),
-    ModelSpec(
+    RegisteredModel(
         name="siglip2-so400m-384",
         kind="hf",
         weights="google/siglip2-so400m-patch14-384",
@@ -64,7 +86,7 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
     ),
     # Any local transformers directory with a preprocessor_config.json (needs --weights); the
     # pooling can also be overridden per load (load_backend(..., pooling="mean")).
-    ModelSpec(
+    RegisteredModel(
         name="hf-automodel",
         kind="hf",
         preprocessing_note="the directory's own preprocessor_config.json",
@@ -72,7 +94,7 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
         notes="Generic transformers AutoModel; pooling options: pooler, cls, mean.",
         options={"model_class": "AutoModel", "pooling": "pooler"},
     ),
-    ModelSpec(
+    RegisteredModel(
         name="hf-automodel-cls",
         kind="hf",
         preprocessing_note="the directory's own preprocessor_config.json",
@@ -80,7 +102,7 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
         notes="Generic transformers AutoModel, first token of the last hidden state.",
         options={"model_class": "AutoModel", "pooling": "cls"},
     ),
-    ModelSpec(
+    RegisteredModel(
         name="hf-automodel-mean",
         kind="hf",
         preprocessing_note="the directory's own preprocessor_config.json",
@@ -88,7 +110,7 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
         notes="Generic transformers AutoModel, mean of the last hidden state.",
         options={"model_class": "AutoModel", "pooling": "mean"},
     ),
-    ModelSpec(
+    RegisteredModel(
         name="pe-core-l14-336",
         kind="open_clip",
         weights="timm/PE-Core-L-14-336",
@@ -100,7 +122,7 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
         "(timm vit_pe_core_large_patch14_336). Needs the 'openclip' extra (torchvision).",
         options={"open_clip_name": "PE-Core-L-14-336"},
     ),
-    ModelSpec(
+    RegisteredModel(
         name="jina-embeddings-v4",
         kind="jina",
         weights="jinaai/jina-embeddings-v4",
@@ -114,7 +136,7 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
         "Matryoshka: the first 128..1024 dims are usable alone.",
         options={"task": "retrieval", "min_pixels": 3136, "max_pixels": 602112},
     ),
-    ModelSpec(
+    RegisteredModel(
         name="nomic-embed-multimodal-3b",
         kind="nomic",
         weights="nomic-ai/nomic-embed-multimodal-3b",
@@ -129,8 +151,8 @@ HF_MODEL_SPECS: tuple[ModelSpec, ...] = (
 
 
 def register_all() -> None:
-    for kind, target in HF_FACTORIES.items():
-        BACKEND_FACTORIES.setdefault(kind, target)
+    for kind in HF_KINDS:
+        register_kind(kind, replace=True)
     for spec in HF_MODEL_SPECS:
         register(spec)
 

@@ -14,7 +14,9 @@ from PIL import Image
 
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
-from services.embedder.backends.registry import LoadOptions, ModelSpec
+from services.embedder.backends.options import HistogramOptions
+from services.embedder.backends.provenance import model_fingerprint
+from services.embedder.backends.registry import Runtime
 
 
 class HistogramBackend(ModelBackend):
@@ -28,7 +30,7 @@ class HistogramBackend(ModelBackend):
         description: str = "",
     ) -> None:
         if not 2 <= bins <= 64:
-            raise ValueError("bins per channel must be within 2..64")
+            raise ValueError("bins per channel must be within 2..64")  # HistogramOptions refuses it first
         self._bins = bins
         self._max_side = max_side
         self._sqrt = sqrt
@@ -46,6 +48,13 @@ class HistogramBackend(ModelBackend):
             max_batch=max_batch,
             backend="histogram",
             details={"pooling": "global colour histogram"},
+            fingerprint=model_fingerprint(
+                backend="histogram",
+                weights={},
+                preprocessing={"bins": bins, "max_side": max_side, "sqrt": sqrt, "resample": "box"},
+                pooling="global colour histogram",
+                libraries=("pillow", "numpy"),
+            ),
         )
 
     def info(self) -> ModelInfo:
@@ -71,12 +80,11 @@ class HistogramBackend(ModelBackend):
         return np.stack(inputs).astype(np.float32, copy=False)
 
 
-def load(spec: ModelSpec, options: LoadOptions) -> HistogramBackend:
+def load(name: str, options: HistogramOptions, runtime: Runtime) -> HistogramBackend:
     return HistogramBackend(
-        name=spec.name,
-        bins=int(spec.options.get("bins", 8)),
-        max_side=int(spec.options.get("max_side", 128)),
-        sqrt=bool(spec.options.get("sqrt", True)),
-        max_batch=options.max_batch,
-        description=spec.describe_preprocessing(),
+        name=name,
+        bins=options.bins,
+        max_side=options.max_side,
+        sqrt=options.sqrt,
+        max_batch=runtime.max_batch,
     )

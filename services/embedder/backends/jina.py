@@ -29,9 +29,11 @@ from services.embedder.backends.hf import (
     resolve_weights,
     weights_revision,
 )
+from services.embedder.backends.provenance import checkpoint_files, model_fingerprint
 
 if TYPE_CHECKING:
-    from services.embedder.backends.registry import LoadOptions, ModelSpec
+    from services.embedder.backends.options import JinaOptions
+    from services.embedder.backends.registry import Runtime
 
 
 class RemoteCodeError(BackendLoadError):
@@ -113,6 +115,15 @@ class JinaV4Backend(ModelBackend):
         self._pixels = self._pixel_limits()
         self._revision = weights_revision(self._path)
         self._dim = int(self.forward([self.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))]).shape[1])
+        self._fingerprint = model_fingerprint(
+            backend="jina-remote-code",
+            weights=checkpoint_files(self._path),  # includes the remote code and the adapters
+            preprocessing={"min_pixels": self._pixels[0], "max_pixels": self._pixels[1]},
+            pooling="encode_image(return_multivector=False)",
+            compute_dtype=str(self._dtype).removeprefix("torch."),
+            task=spec.task,
+            libraries=("torch", "transformers", "peft", "pillow"),
+        )
 
     def _encode_arguments(self, model: Any) -> dict[str, Any]:
         encode = getattr(model, "encode_image", None)
@@ -166,6 +177,7 @@ class JinaV4Backend(ModelBackend):
                 "compute_dtype": str(self._dtype).removeprefix("torch."),
                 "remote_code": ", ".join(self._code_files),
             },
+            fingerprint=self._fingerprint,
         )
 
     def preprocess(self, image: Image.Image) -> Image.Image:
@@ -188,16 +200,15 @@ class JinaV4Backend(ModelBackend):
         return vectors
 
 
-def load(spec: ModelSpec, options: LoadOptions) -> ModelBackend:
-    """Registry factory for kind "jina"; options.extra may override task / min_pixels / max_pixels."""
-    settings = {**spec.options, **options.extra}
-    apply_threads(options.threads)
+def load(name: str, options: JinaOptions, runtime: Runtime) -> ModelBackend:
+    """Loader of kind "jina" (options: services.embedder.backends.options.JinaOptions)."""
+    apply_threads(runtime.threads)
     jina_spec = JinaSpec(
-        name=spec.name,
-        model_id=spec.weights or "",
-        task=str(settings.get("task", "retrieval")),
-        min_pixels=int(settings.get("min_pixels", 3136)),
-        max_pixels=int(settings.get("max_pixels", 602112)),
-        max_batch=options.max_batch,
+        name=name,
+        model_id=options.model_id or "",
+        task=options.task,
+        min_pixels=options.min_pixels,
+        max_pixels=options.max_pixels,
+        max_batch=runtime.max_batch,
     )
-    return JinaV4Backend(jina_spec, weights=options.weights, device=options.device)
+    return JinaV4Backend(jina_spec, weights=options.weights, device=runtime.device)

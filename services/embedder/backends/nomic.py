@@ -27,9 +27,11 @@ from services.embedder.backends.hf import (
     resolve_weights,
     weights_revision,
 )
+from services.embedder.backends.provenance import checkpoint_files, model_fingerprint
 
 if TYPE_CHECKING:
-    from services.embedder.backends.registry import LoadOptions, ModelSpec
+    from services.embedder.backends.options import NomicOptions
+    from services.embedder.backends.registry import Runtime
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ def check_adapter_base(path: Path) -> str | None:
     return base
 
 
+def processor_settings(processor: Any) -> Any:
+    image_processor = getattr(processor, "image_processor", processor)
+    return image_processor.to_dict() if hasattr(image_processor, "to_dict") else type(processor).__name__
+
+
 class NomicMultimodalBackend(ModelBackend):
     def __init__(self, spec: NomicSpec, weights: WeightsPath | None = None, device: str = "cpu") -> None:
         purpose = f"backend {spec.name} (colpali-engine)"
@@ -80,6 +87,16 @@ class NomicMultimodalBackend(ModelBackend):
         self._model = model.to(self._device).eval()
         self._revision = weights_revision(self._path)
         self._dim = int(self.forward([self.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))]).shape[1])
+        # The adapter's files are hashed; its base model is identified by the id the adapter names.
+        self._fingerprint = model_fingerprint(
+            backend="colpali-engine",
+            weights=checkpoint_files(self._path),
+            preprocessing=processor_settings(self._processor),
+            pooling="last token, L2-normalised",
+            compute_dtype=str(self._dtype).removeprefix("torch."),
+            base_model=self._base or "",
+            libraries=("torch", "transformers", "peft", "colpali-engine", "pillow"),
+        )
 
     def info(self) -> ModelInfo:
         image_processor = getattr(self._processor, "image_processor", None)
@@ -100,6 +117,7 @@ class NomicMultimodalBackend(ModelBackend):
                 "device": str(self._device),
                 "compute_dtype": str(self._dtype).removeprefix("torch."),
             },
+            fingerprint=self._fingerprint,
         )
 
     def preprocess(self, image: Image.Image) -> Image.Image:
@@ -117,8 +135,8 @@ class NomicMultimodalBackend(ModelBackend):
         return vectors.float().cpu().numpy().astype(np.float32, copy=False)
 
 
-def load(spec: ModelSpec, options: LoadOptions) -> ModelBackend:
-    """Registry factory for kind "nomic"."""
-    apply_threads(options.threads)
-    nomic_spec = NomicSpec(name=spec.name, model_id=spec.weights or "", max_batch=options.max_batch)
-    return NomicMultimodalBackend(nomic_spec, weights=options.weights, device=options.device)
+def load(name: str, options: NomicOptions, runtime: Runtime) -> ModelBackend:
+    """Loader of kind "nomic" (options: services.embedder.backends.options.NomicOptions)."""
+    apply_threads(runtime.threads)
+    nomic_spec = NomicSpec(name=name, model_id=options.model_id or "", max_batch=runtime.max_batch)
+    return NomicMultimodalBackend(nomic_spec, weights=options.weights, device=runtime.device)

@@ -1,6 +1,6 @@
 """Any ONNX image model on onnxruntime, with preprocessing given as data.
 
-spec.options:
+Options (services.embedder.backends.options.OnnxOptions), besides weights and preprocessing:
     input:  name of the image input (default: the graph's first input)
     output: name of the tensor to return (default: the graph's first output). It may be an
             intermediate tensor: the graph is then edited (with the `onnx` package) so that tensor
@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from services.common.fingerprint import file_sha256
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
+from services.embedder.backends.errors import BackendLoadError
+from services.embedder.backends.options import OnnxOptions
 from services.embedder.backends.preprocess import Preprocessing
-from services.embedder.backends.registry import (
-    LoadOptions,
-    ModelSpec,
-    resolve_weights_path,
-    sha256_file,
-)
+from services.embedder.backends.provenance import model_fingerprint
+from services.embedder.backends.registry import Runtime, resolve_weights_path
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def with_output(path: Path, output: str) -> bytes | None:
         return None
     produced = [name for node in graph.node for name in node.output]
     if output not in produced:
-        raise ValueError(f"{path.name} has no tensor named {output!r}; last tensors: {produced[-5:]}")
+        raise BackendLoadError(f"{path.name} has no tensor named {output!r}; last tensors: {produced[-5:]}")
     inferred = onnx.shape_inference.infer_shapes(model)
     known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
     value_info = known.get(output) or onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)
@@ -73,6 +72,7 @@ class OnnxBackend(ModelBackend):
         max_batch: int = 64,
         dim: int | None = None,
         revision: str = "",
+        weights_sha256: Mapping[str, str] | None = None,
         pooling: str = "",
         normalized: bool = False,
         details: dict[str, str] | None = None,
@@ -87,13 +87,15 @@ class OnnxBackend(ModelBackend):
         try:
             wanted = _PROVIDERS[device.split(":")[0]]
         except KeyError:
-            raise ValueError(
+            raise BackendLoadError(
                 f"unknown device {device!r} for onnxruntime; one of {sorted(_PROVIDERS)}"
             ) from None
         available = set(ort.get_available_providers())
         providers = [p for p in wanted if p in available]
         if wanted[0] not in available:
-            raise RuntimeError(f"device {device!r} needs {wanted[0]}, onnxruntime has {sorted(available)}")
+            raise BackendLoadError(
+                f"device {device!r} needs {wanted[0]}, onnxruntime has {sorted(available)}"
+            )
         source = model if isinstance(model, bytes) else str(model)
         self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
         inputs = self._session.get_inputs()
@@ -102,9 +104,11 @@ class OnnxBackend(ModelBackend):
         self._output = output_name or outputs[0].name
         input_meta = next((i for i in inputs if i.name == self._input), None)
         if input_meta is None:
-            raise ValueError(f"{name}: no input {self._input!r}; inputs: {[i.name for i in inputs]}")
+            raise BackendLoadError(f"{name}: no input {self._input!r}; inputs: {[i.name for i in inputs]}")
         if self._output not in {o.name for o in outputs}:
-            raise ValueError(f"{name}: no output {self._output!r}; outputs: {[o.name for o in outputs]}")
+            raise BackendLoadError(
+                f"{name}: no output {self._output!r}; outputs: {[o.name for o in outputs]}"
+            )
         self._dtype = np.float16 if input_meta.type == "tensor(float16)" else np.float32
         # A static batch dimension of 1 (common in exports) means one item per run.
         self._one_at_a_time = input_meta.shape[0] == 1
@@ -112,6 +116,7 @@ class OnnxBackend(ModelBackend):
         self._preprocessing = preprocessing
         if dim is None:
             dim = int(self.forward([preprocessing(Image.new("RGB", (32, 32)))]).shape[1])
+        compute_dtype = np.dtype(self._dtype).name
         self._info = ModelInfo(
             name=name,
             dim=dim,
@@ -126,8 +131,21 @@ class OnnxBackend(ModelBackend):
                 "output": self._output,
                 "providers": ",".join(self._session.get_providers()),
                 "onnxruntime": ort.__version__,
+                "compute_dtype": compute_dtype,
                 **(details or {}),
             },
+            # The weights' hash covers the graph; input/output pick what of it runs.
+            fingerprint=model_fingerprint(
+                backend="onnxruntime",
+                weights=dict(weights_sha256 or {}),
+                preprocessing=preprocessing,
+                pooling=pooling,
+                compute_dtype=compute_dtype,
+                input=self._input,
+                output=self._output,
+                spatial_pool=spatial_pool,
+                libraries=("onnxruntime", "pillow"),
+            ),
         )
 
     def info(self) -> ModelInfo:
@@ -153,34 +171,32 @@ class OnnxBackend(ModelBackend):
         return output.astype(np.float32, copy=False)
 
 
-def load(spec: ModelSpec, options: LoadOptions) -> OnnxBackend:
-    ref = options.weights_ref(spec)
-    if ref is None:
-        raise ValueError(f"{spec.name}: give the .onnx file with --weights")
-    if spec.preprocessing is None:
-        raise ValueError(f"{spec.name}: an ONNX spec needs preprocessing")
-    path = resolve_weights_path(ref)
-    output = spec.options.get("output")
+def load(name: str, options: OnnxOptions, runtime: Runtime) -> OnnxBackend:
+    if options.weights is None:
+        raise BackendLoadError(f"{name}: give the .onnx file with --weights (or the 'weights' option)")
+    path = resolve_weights_path(options.weights)
     model: Path | bytes = path
-    if output:
-        edited = with_output(path, str(output))
+    if options.output:
+        edited = with_output(path, options.output)
         if edited is not None:
             model = edited
+    weights_sha = file_sha256(path)
     backend = OnnxBackend(
-        spec.name,
+        name,
         model,
-        spec.preprocessing,
-        input_name=spec.options.get("input"),
-        output_name=output,
-        spatial_pool=spec.options.get("spatial_pool"),
-        device=options.device,
-        threads=options.threads,
-        max_batch=options.max_batch,
-        dim=spec.dim,
-        revision=f"sha256:{sha256_file(path)}",
-        pooling=spec.pooling,
-        normalized=spec.normalized,
+        options.preprocessing,
+        input_name=options.input,
+        output_name=options.output,
+        spatial_pool=options.spatial_pool,
+        device=runtime.device,
+        threads=runtime.threads,
+        max_batch=runtime.max_batch,
+        dim=options.dim,
+        revision=f"sha256:{weights_sha}",
+        weights_sha256={path.name: weights_sha},
+        pooling=options.pooling,
+        normalized=options.normalized,
         details={"weights": path.name},
     )
-    log.info("loaded %s from %s (output %s)", spec.name, path, backend.info().details["output"])
+    log.info("loaded %s from %s (output %s)", name, path, backend.info().details["output"])
     return backend

@@ -24,11 +24,13 @@ from services.embedder.backends.hf import (
     resolve_weights,
     weights_revision,
 )
+from services.embedder.backends.provenance import checkpoint_files, model_fingerprint
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 if TYPE_CHECKING:
-    from services.embedder.backends.registry import LoadOptions, ModelSpec
+    from services.embedder.backends.options import OpenClipOptions
+    from services.embedder.backends.registry import Runtime
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,13 @@ class OpenClipImageBackend(ModelBackend):
         self._preprocessing = describe_transform(transform)
         self._revision = weights_revision(self._path)
         self._dim = int(self.forward([self.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))]).shape[1])
+        self._fingerprint = model_fingerprint(
+            backend="open_clip",
+            weights=checkpoint_files(self._path),  # open_clip_config.json + the safetensors
+            preprocessing=self._preprocessing,
+            pooling="encode_image",
+            libraries=("torch", "open_clip_torch", "torchvision", "pillow"),
+        )
 
     def info(self) -> ModelInfo:
         return ModelInfo(
@@ -88,6 +97,7 @@ class OpenClipImageBackend(ModelBackend):
                 "device": str(self._device),
                 "compute_dtype": "float32",
             },
+            fingerprint=self._fingerprint,
         )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -105,13 +115,13 @@ class OpenClipImageBackend(ModelBackend):
         return features.float().cpu().numpy().astype(np.float32, copy=False)
 
 
-def load(spec: ModelSpec, options: LoadOptions) -> ModelBackend:
-    """Registry factory for kind "open_clip"."""
-    apply_threads(options.threads)
+def load(name: str, options: OpenClipOptions, runtime: Runtime) -> ModelBackend:
+    """Loader of kind "open_clip" (options: services.embedder.backends.options.OpenClipOptions)."""
+    apply_threads(runtime.threads)
     open_clip_spec = OpenClipSpec(
-        name=spec.name,
-        model_id=spec.weights or "",
-        open_clip_name=str(spec.options.get("open_clip_name", "")),
-        max_batch=options.max_batch,
+        name=name,
+        model_id=options.model_id or "",
+        open_clip_name=options.open_clip_name,
+        max_batch=runtime.max_batch,
     )
-    return OpenClipImageBackend(open_clip_spec, weights=options.weights, device=options.device)
+    return OpenClipImageBackend(open_clip_spec, weights=options.weights, device=runtime.device)

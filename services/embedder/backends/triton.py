@@ -7,8 +7,17 @@ Preprocessing stays here, with the same `Preprocessing` spec as the local backen
 from Triton equal the local backend's up to the runtime's float error, and the GPU node only
 runs the network (Python-side preprocessing is the usual Triton bottleneck; the embedder's
 decode pool scales on CPU cores instead). The model repository comes from
-`vsbench export triton` (services/embedder/export_triton.py); its tensor names and dims are read
+`vsbench export triton` (services/embedder/triton_export/); its tensor names and dims are read
 from Triton's model metadata and checked against the local preprocessing at load.
+
+Fingerprint: the embedder cannot read the files Triton serves, so it hashes what it knows: the
+exported model files when `weights` names the exported model folder (its `1/model.onnx`,
+`1/model.plan`), the model name and the version Triton serves, Triton's server version, platform
+and tensor signature from the model config, and the local preprocessing. A re-export under the
+same name and version that changes nothing Triton reports is invisible from here unless the
+exported folder is given.
+
+`load_triton_backend` (triton_loader.py) builds one for a registered model.
 
 A batch larger than the Triton model's max_batch_size is split into requests sent concurrently
 with `async_infer`, so Triton's scheduler can spread them over its instances. tritonclient is
@@ -17,7 +26,6 @@ imported on first use (extra `vsbench[triton]`).
 
 from __future__ import annotations
 
-import copy
 import importlib
 import logging
 import threading
@@ -30,7 +38,8 @@ from PIL import Image
 from services.common.errors import VsbenchError
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
-from services.embedder.backends.registry import ModelSpec, get_spec
+from services.embedder.backends.errors import MissingExtraError
+from services.embedder.backends.provenance import model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +54,11 @@ def _import_grpcclient() -> Any:
     try:
         return importlib.import_module("tritonclient.grpc")
     except ImportError as exc:  # tritonclient.grpc raises RuntimeError when grpc support is missing
-        raise ImportError(
+        raise MissingExtraError(
             f"the triton backend needs tritonclient: pip install 'vsbench[triton]' ({exc})"
         ) from exc
     except RuntimeError as exc:
-        raise ImportError(f"the triton backend needs tritonclient's gRPC support: {exc}") from exc
+        raise MissingExtraError(f"the triton backend needs tritonclient's gRPC support: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,9 @@ class TritonBackend(ModelBackend):
         max_batch: int = 64,
         normalized: bool = False,
         details: Mapping[str, str] | None = None,
+        preprocessing_record: Any = None,
+        pooling: str = "",
+        exported_files: Mapping[str, str] | None = None,
     ) -> None:
         self._grpc = _import_grpcclient()
         self._target = target
@@ -95,7 +107,7 @@ class TritonBackend(ModelBackend):
             url=target.url, ssl=target.ssl, root_certificates=target.root_certificates
         )
         try:
-            server_version, config, inputs, outputs = self._inspect()
+            server_version, config, inputs, outputs, served_versions = self._inspect()
             self._input = _pick(inputs, input_name, "input", target)
             self._output = _pick(outputs, output_name, "output", target)
             self._request_batch = int(config.get("max_batch_size", 0))
@@ -143,11 +155,24 @@ class TritonBackend(ModelBackend):
                 "output": f"{self._output.name} {self._output.datatype} {list(self._output.shape)}",
                 **(details or {}),
             },
+            fingerprint=model_fingerprint(
+                backend="triton",
+                weights=dict(exported_files or {}),
+                preprocessing=preprocessing_record if preprocessing_record is not None else preprocessing,
+                pooling=pooling,
+                triton_model=target.model,
+                triton_versions=served_versions,
+                triton_server_version=server_version,
+                triton_platform=str(config.get("platform") or config.get("backend") or ""),
+                input=[self._input.name, self._input.datatype, list(self._input.shape)],
+                output=[self._output.name, self._output.datatype, list(self._output.shape)],
+                libraries=("pillow",),
+            ),
         )
 
     # --- load-time checks ---------------------------------------------------------------------
 
-    def _inspect(self) -> tuple[str, dict[str, Any], list[_Tensor], list[_Tensor]]:
+    def _inspect(self) -> tuple[str, dict[str, Any], list[_Tensor], list[_Tensor], list[str]]:
         target, timeout = self._target, self._target.connect_timeout_s
         error_type = self._grpc.InferenceServerException
         try:
@@ -189,6 +214,7 @@ class TritonBackend(ModelBackend):
             config,
             tensors(metadata.get("inputs", [])),
             tensors(metadata.get("outputs", [])),
+            sorted(str(v) for v in metadata.get("versions", [])) if not target.version else [target.version],
         )
 
     def _repository_summary(self) -> str:
@@ -315,86 +341,3 @@ def _pick(tensors: list[_Tensor], wanted: str | None, role: str, target: TritonT
     if len(tensors) != 1:
         raise TritonError(f"{_where(target)} has {role}s {names}: name the one to use")
     return tensors[0]
-
-
-# --- building one from the registry ---------------------------------------------------------------
-
-
-def _hf_preprocessor(spec: ModelSpec, weights: str | None) -> tuple[Preprocess, str]:
-    """Models preprocessed by their transformers image processor: read preprocessor_config.json
-    from --weights (the checkpoint directory, or the exported Triton model folder, which holds a
-    copy) or the offline hub cache."""
-    from services.embedder.backends.hf import describe_processor, load_image_processor, resolve_weights
-
-    path = resolve_weights(spec.weights, weights, required=("preprocessor_config.json",))
-    processor = load_image_processor(path)
-    local = threading.local()
-
-    def preprocess(image: Image.Image) -> np.ndarray:
-        # One processor copy per thread, as the local backend does (processors are not thread-safe).
-        mine = getattr(local, "processor", None)
-        if mine is None:
-            mine = local.processor = copy.deepcopy(processor)
-        pixels = mine(images=[image.convert("RGB")], return_tensors="np")["pixel_values"]
-        return np.asarray(pixels[0], dtype=np.float32)
-
-    return preprocess, describe_processor(processor)
-
-
-# spec.kind -> how to build the local preprocessing when the spec has no `Preprocessing` of its own.
-LIBRARY_PREPROCESSORS: dict[str, Callable[[ModelSpec, "str | None"], tuple[Preprocess, str]]] = {
-    "hf": _hf_preprocessor,
-}
-
-
-def load_triton_backend(
-    name: str,
-    url: str,
-    *,
-    triton_model: str | None = None,
-    model_version: str = "",
-    weights: str | None = None,
-    max_batch: int = 64,
-    timeout_s: float = 30.0,
-    connect_timeout_s: float = 10.0,
-    ssl: bool = False,
-    root_certificates: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> TritonBackend:
-    """The registered model `name`, preprocessed here as its spec says, run by Triton at `url`
-    (host:port of Triton's gRPC endpoint) under `triton_model` (default: the same name)."""
-    spec = get_spec(name)
-    if spec.preprocessing is not None:
-        preprocess: Preprocess = spec.preprocessing
-        description = spec.preprocessing.describe()
-    elif spec.kind in LIBRARY_PREPROCESSORS:
-        preprocess, description = LIBRARY_PREPROCESSORS[spec.kind](spec, weights)
-    else:
-        raise ValueError(
-            f"{name}: its preprocessing runs inside its model library ({spec.kind}); the triton backend "
-            f"supports specs with a Preprocessing or of kinds {sorted(LIBRARY_PREPROCESSORS)}"
-        )
-    target = TritonTarget(
-        url=url,
-        model=triton_model or name,
-        version=model_version,
-        timeout_s=timeout_s,
-        connect_timeout_s=connect_timeout_s,
-        ssl=ssl,
-        root_certificates=root_certificates,
-        headers=dict(headers or {}),
-    )
-    backend = TritonBackend(
-        name,
-        target,
-        preprocess,
-        description,
-        # ONNX specs name their tensors (open-nsfw: input:0 -> Reshape:0), as the export keeps them.
-        input_name=spec.options.get("input"),
-        output_name=spec.options.get("output"),
-        max_batch=max_batch,
-        normalized=spec.normalized,
-        details={"pooling": spec.pooling, "local_spec_weights": str(spec.weights or "")},
-    )
-    log.info("%s served by %s", name, _where(target))
-    return backend
