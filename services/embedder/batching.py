@@ -28,6 +28,7 @@ import numpy as np
 from services.common import metrics
 from services.common.servicer import Overloaded
 from services.common.types import Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
+from services.common.vectors import row_problems
 from services.embedder.backends.base import ModelBackend
 from services.embedder.images import DEFAULT_LIMITS, DecodeLimits, ImageError, decode_image
 
@@ -91,16 +92,18 @@ def split_output(ids: Sequence[str], output: Any, dim: int) -> list[Embedding]:
     if array.ndim != 2 or array.shape[0] != len(ids) or (expected is not None and array.shape != expected):
         message = f"model returned shape {array.shape}, expected {expected or (len(ids), 'dim')}"
         return [Embedding.failed(item_id, ErrorCode.INVALID_OUTPUT, message) for item_id in ids]
-    array = array.astype(np.float32, copy=False)
-    finite = np.isfinite(array).all(axis=1)
+    # Checked in float64 before the float32 cast: a norm that overflows or underflows float32
+    # would otherwise be stored as zeros or inf downstream (services.common.vectors).
+    problems = row_problems(array)
+    array = array.astype(np.float32)
     results = []
     for row, item_id in enumerate(ids):
-        if finite[row]:
+        if problems[row] is None:
             # A copy per row: a view would keep the whole batch alive as long as any one vector.
             results.append(Embedding(id=item_id, vector=np.array(array[row], dtype=np.float32)))
         else:
             results.append(
-                Embedding.failed(item_id, ErrorCode.INVALID_OUTPUT, "model returned non-finite values")
+                Embedding.failed(item_id, ErrorCode.INVALID_OUTPUT, f"model returned an unusable vector: {problems[row]}")
             )
     return results
 

@@ -72,7 +72,13 @@ class BrokenOutputBackend(RecordingBackend):
             return out[:, :10]
         if self.mode == "rows":
             return out[:-1]
-        out = out.copy()
+        out = out.astype(np.float64)
+        if self.mode == "norms":
+            # Rows that pass an isfinite check yet break float32 normalisation downstream.
+            out[0, :] = 1e20
+            out[1, :] = 1e-30
+            out[2, :] = 0.0
+            return out
         out[0, 3] = np.nan
         return out
 
@@ -210,6 +216,19 @@ def test_non_finite_row_fails_only_that_item():
     results = run(scenario())
     codes = [e.error.code if e.error else None for e in results]
     assert codes.count(ErrorCode.INVALID_OUTPUT) == 1 and codes.count(None) == 2
+
+
+def test_unusable_norms_are_invalid_output_per_item():
+    async def scenario():
+        async with BatchingEmbedder(BrokenOutputBackend("norms"), max_batch=8, max_wait_ms=20) as embedder:
+            return await embedder.embed(items(4))
+
+    results = run(scenario())
+    assert [e.error.code if e.error else None for e in results] == [ErrorCode.INVALID_OUTPUT] * 3 + [None]
+    assert "exceeds" in results[0].error.message
+    assert "below" in results[1].error.message
+    assert "all zeros" in results[2].error.message
+    assert results[3].vector.dtype == np.float32 and np.isfinite(results[3].vector).all()
 
 
 def test_forward_exception_is_isolated_to_the_poisonous_item():
