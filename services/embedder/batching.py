@@ -30,6 +30,7 @@ from services.common.servicer import Overloaded
 from services.common.types import Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
 from services.common.vectors import row_problems
 from services.embedder.backends.base import ModelBackend
+from services.embedder.backends.preprocess import ResizeTooLarge
 from services.embedder.images import DEFAULT_LIMITS, DecodeLimits, ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def prepare_item(backend: ModelBackend, item: ImageItem, limits: DecodeLimits = 
         return ItemError(exc.code, str(exc))
     try:
         return backend.preprocess(image)
+    except ResizeTooLarge as exc:
+        return ItemError(ErrorCode.IMAGE_TOO_LARGE, str(exc))
     except Exception as exc:  # noqa: BLE001 - one item's failure stays that item's
         log.warning("preprocess failed for %r", item.id, exc_info=True)
         return ItemError(ErrorCode.INTERNAL, f"preprocess failed: {type(exc).__name__}: {exc}")
