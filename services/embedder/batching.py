@@ -10,7 +10,9 @@ Stages (each on its own workers, connected by bounded queues):
 Decoding keeps running while a forward pass runs, so under load the next batch is already
 waiting when the model is free. Admission counts every item from the moment a request arrives
 until its result is set; a request that would push that count over `max_queue` is refused at
-once with `Overloaded` (the servicer answers RESOURCE_EXHAUSTED) instead of queueing without bound.
+once with `Overloaded` (unary: RESOURCE_EXHAUSTED; in a stream: that request alone is rejected with
+a retry-after estimate) instead of queueing without bound. A request whose caller has gone
+(cancelled) gives its admission back at once and its not-yet-computed items are never forwarded.
 """
 
 from __future__ import annotations
@@ -240,7 +242,10 @@ class BatchingEmbedder:
         self._forward_pool: ThreadPoolExecutor | None = None
         self._closed = False
         self._start_lock = asyncio.Lock()
+        # Seconds of forward pass per item, smoothed: the retry-after estimate for refused requests.
+        self._seconds_per_item: float | None = None
         self.forward_calls = 0  # observability for tests and benches
+        self.forwarded_items = 0  # items that went through a forward pass (server work)
 
     def info(self) -> ModelInfo:
         return self._info
@@ -308,7 +313,8 @@ class BatchingEmbedder:
         if self._admitted + len(items) > self._max_queue:
             raise Overloaded(
                 f"{self._admitted} items in flight, {len(items)} more would exceed "
-                f"max_queue {self._max_queue}"
+                f"max_queue {self._max_queue}",
+                retry_after_ms=self._retry_after_ms(len(items)),
             )
         loop = asyncio.get_running_loop()
         self._admitted += len(items)
@@ -318,14 +324,33 @@ class BatchingEmbedder:
         self._decoding += len(items)
         self._update_depth()
         step = self._decode_group
+        decoding: list[asyncio.Future] = []
         for start in range(0, len(items), step):
             group = pendings[start : start + step]
             future = loop.run_in_executor(
                 self._decode_pool, prepare_group, self._backend, items[start : start + step], self._limits
             )
             future.add_done_callback(lambda done, group=group: self._decoded(group, done))
-        # shield: a cancelled request (client gone) must not cancel futures the pipeline still sets.
-        return list(await asyncio.shield(asyncio.gather(*(p.result for p in pendings))))
+            decoding.append(future)
+        try:
+            return list(await asyncio.gather(*(p.result for p in pendings)))
+        except asyncio.CancelledError:
+            # The caller has gone (stream cancelled, client disconnected). gather cancelled the
+            # result futures: admission is released now, decode tasks not yet started are
+            # dropped, and the forward stage skips the rest: no capacity goes to unread answers.
+            for pending in pendings:
+                pending.result.cancel()
+            for future in decoding:
+                future.cancel()
+            raise
+
+    def _retry_after_ms(self, requested: int) -> int:
+        """When `requested` more items might fit: the time to forward the excess, or half the queue
+        when that is larger (many refused callers come back at once), 10 ms .. 10 s."""
+        per_item = self._seconds_per_item if self._seconds_per_item is not None else 0.005
+        excess = self._admitted + requested - self._max_queue
+        wait_s = max(excess, self._admitted / 2) * per_item
+        return int(min(10_000, max(10, wait_s * 1000)))
 
     # The callbacks below run on the event loop thread.
 
@@ -343,6 +368,8 @@ class BatchingEmbedder:
         else:
             assert self._ready is not None
             for pending, prepared in zip(group, done.result()):
+                if pending.result.done():  # the caller has gone: not queued for a forward pass
+                    continue
                 if isinstance(prepared, ItemError):
                     _set(pending.result, Embedding(id=pending.item_id, error=prepared))
                 elif self._closed:  # decoded after close() drained the queue: nobody would run it
@@ -390,6 +417,7 @@ class BatchingEmbedder:
             return
         metrics.BATCH_SIZE.labels(self._name).observe(len(live))
         self.forward_calls += 1
+        self.forwarded_items += len(live)
         ids = [p.item_id for p in live]
         inputs = [p.prepared for p in live]
         for pending in live:
@@ -409,7 +437,12 @@ class BatchingEmbedder:
         except Exception as exc:  # noqa: BLE001 - executor shut down or a bug in checking
             log.exception("forward stage failed")
             results = [Embedding.failed(i, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}") for i in ids]
-        log.debug("forward of %d items took %.1f ms", len(live), (time.perf_counter() - started) * 1000)
+        elapsed = time.perf_counter() - started
+        per_item = elapsed / len(live)
+        self._seconds_per_item = (
+            per_item if self._seconds_per_item is None else 0.8 * self._seconds_per_item + 0.2 * per_item
+        )
+        log.debug("forward of %d items took %.1f ms", len(live), elapsed * 1000)
         for pending, result in zip(live, results):
             _set(pending.result, result)
 

@@ -295,6 +295,52 @@ def test_cancelled_request_does_not_leak_admission():
     assert admitted == 0 and all(e.ok for e in after)
 
 
+def test_cancelled_request_items_are_never_forwarded():
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+
+    async def scenario():
+        async with BatchingEmbedder(backend, max_batch=4, max_wait_ms=1, max_queue=64) as embedder:
+            first = asyncio.create_task(embedder.embed(items(4, "first")))
+            while embedder._decoding or embedder._ready.qsize():  # first is in the (gated) forward pass
+                await asyncio.sleep(0.01)
+            gone = asyncio.create_task(embedder.embed(items(8, "gone")))
+            while embedder._decoding:  # decoded and waiting for the model
+                await asyncio.sleep(0.01)
+            gone.cancel()  # its stream was cancelled while it waited
+            gate.set()
+            answered = await first
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            after = await embedder.embed(items(2, "after"))
+            return answered, after, embedder.forwarded_items, embedder._admitted
+
+    answered, after, forwarded, admitted = run(scenario())
+    assert all(e.ok for e in answered + after)
+    assert forwarded == 6 and sum(backend.batches) == 6  # none of the 8 cancelled items
+    assert admitted == 0
+
+
+def test_overloaded_carries_a_retry_after_estimate():
+    gate = threading.Event()
+
+    async def scenario():
+        async with BatchingEmbedder(RecordingBackend(gate=gate), max_batch=8, max_queue=8) as embedder:
+            held = asyncio.create_task(embedder.embed(items(8)))
+            await asyncio.sleep(0.02)
+            try:
+                await embedder.embed(items(2))
+            except Overloaded as exc:
+                refused = exc
+            gate.set()
+            await held
+            return refused
+
+    refused = run(scenario())
+    # No forward pass measured yet: 5 ms per item over half the queue, floored at 10 ms.
+    assert refused.retry_after_ms == 20
+
+
 # --- synchronous helper ----------------------------------------------------------------------
 
 
