@@ -5,7 +5,8 @@ streams its own images with the default window (4 batches of 32 in flight), so 3
 for 4,096 items at once from a server that admits 512. Refused batches come back as
 EmbedResponse.rejected and are resent after the server's retry-after with jitter.
 
-Printed: whether every client finished with every image exactly once, goodput (delivered images
+First one lone client embeds --baseline-images on the same server (the goodput a single caller
+gets with no contention, measured in the same run). Printed: whether every client finished with every image exactly once, goodput (delivered images
 per second of wall time), server work per delivered image (forward-passed items from the
 server's Prometheus batch-size histogram / images delivered; goal <= 1.1), rejections, and the
 p50/p99 time the server took per stream batch (histogram_quantile over its latency histogram,
@@ -96,26 +97,40 @@ def histogram_quantile(text: str, name: str, label: str, quantile: float) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--images", type=int, default=96, help="images per client")
     parser.add_argument("--max-queue", type=int, default=512, help="server admission (its default)")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="server intra-op threads")
+    parser.add_argument(
+        "--baseline-images", type=int, default=256,
+        help="images one lone client sends first, on the same server: the goodput baseline (0: skip)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args()
 
     pictures = [photo_like(seed) for seed in range(64)]
     server = Server(args)
     try:
+        baseline_rate = None
+        if args.baseline_images:
+            lone = [ImageItem(f"lone-{i}", pictures[i % len(pictures)]) for i in range(args.baseline_images)]
+            with GrpcEmbeddingClient(server.address) as client:
+                started = time.perf_counter()
+                assert sum(1 for e in client.embed(iter(lone)) if e.ok) == len(lone)
+                baseline_rate = len(lone) / (time.perf_counter() - started)
         before = server.metrics()
         failures: list[str] = []
         lock = threading.Lock()
 
         def one_client(index: int) -> tuple[Counter, int, int]:
             source = (
-                ImageItem(f"c{index}-{i}", pictures[(index * 7 + i) % len(pictures)]) for i in range(args.images)
+                ImageItem(f"c{index}-{i}", pictures[(index * 7 + i) % len(pictures)])
+                for i in range(args.images)
             )
             try:
                 with GrpcEmbeddingClient(server.address) as client:
@@ -136,10 +151,15 @@ def main() -> None:
 
     delivered = sum(sum(c.values()) for c, _, _ in outcomes)
     exactly_once = all(
-        c == Counter({f"c{index}-{i}": 1 for i in range(args.images)}) for index, (c, _, _) in enumerate(outcomes)
+        c == Counter({f"c{index}-{i}": 1 for i in range(args.images)})
+        for index, (c, _, _) in enumerate(outcomes)
     )
     forwarded = metric_sum(after, "vsbench_batch_size_sum{") - metric_sum(before, "vsbench_batch_size_sum{")
     label = 'method="EmbedStream"'
+
+    def latency(quantile: float) -> float:
+        return round(histogram_quantile(after, "vsbench_request_latency_seconds", label, quantile), 3)
+
     result = {
         "model": args.model,
         "clients": args.clients,
@@ -149,11 +169,13 @@ def main() -> None:
         "every_image_exactly_once": exactly_once,
         "wall_s": round(wall, 2),
         "goodput_images_per_s": round(delivered / wall, 1),
+        "one_client_images_per_s": None if baseline_rate is None else round(baseline_rate, 1),
+        "goodput_ratio_to_one_client": None if baseline_rate is None else round(delivered / wall / baseline_rate, 3),
         "server_work_per_delivered_image": round(forwarded / max(delivered, 1), 3),
         "batches_rejected_and_resent": sum(r for _, r, _ in outcomes),
         "stream_restarts": sum(r for _, _, r in outcomes),
-        "server_batch_latency_p50_s": round(histogram_quantile(after, "vsbench_request_latency_seconds", label, 0.5), 3),
-        "server_batch_latency_p99_s": round(histogram_quantile(after, "vsbench_request_latency_seconds", label, 0.99), 3),
+        "server_batch_latency_p50_s": latency(0.5),
+        "server_batch_latency_p99_s": latency(0.99),
         "failures": failures,
     }
     if args.json:

@@ -25,7 +25,9 @@ class UnusableVector(ValueError):
     """A vector that must not be stored or compared; the message says why (per-item INVALID_OUTPUT)."""
 
 
-def _row_problems(matrix: np.ndarray, norms: np.ndarray, min_norm: float, max_norm: float) -> list[str | None]:
+def _row_problems(
+    matrix: np.ndarray, norms: np.ndarray, min_norm: float, max_norm: float
+) -> list[str | None]:
     finite = np.isfinite(matrix).all(axis=1)
     problems: list[str | None] = []
     for row in range(matrix.shape[0]):

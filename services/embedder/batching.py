@@ -107,9 +107,8 @@ def split_output(ids: Sequence[str], output: Any, dim: int) -> list[Embedding]:
             # A copy per row: a view would keep the whole batch alive as long as any one vector.
             results.append(Embedding(id=item_id, vector=np.array(array[row], dtype=np.float32)))
         else:
-            results.append(
-                Embedding.failed(item_id, ErrorCode.INVALID_OUTPUT, f"model returned an unusable vector: {problems[row]}")
-            )
+            message = f"model returned an unusable vector: {problems[row]}"
+            results.append(Embedding.failed(item_id, ErrorCode.INVALID_OUTPUT, message))
     return results
 
 

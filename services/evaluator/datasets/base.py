@@ -125,7 +125,9 @@ class Dataset:
         root = (Path(self.root) if self.root is not None else Path.cwd()).resolve()
         real = path.resolve()
         if not real.is_relative_to(root):
-            raise OutsideRootError(f"{record.location} resolves to {real}, outside the dataset root {root}; {OUTSIDE_ROOT_HINT}")
+            raise OutsideRootError(
+                f"{record.location} resolves to {real}, outside the dataset root {root}; {OUTSIDE_ROOT_HINT}"
+            )
         return real
 
     def read(self, record: ImageRecord) -> bytes:

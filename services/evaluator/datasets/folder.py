@@ -51,7 +51,11 @@ def _walk_images(top: Path) -> Iterator[PurePosixPath]:
 
 
 def load_folder(
-    root: str | os.PathLike, *, name: str | None = None, description: str = "", allow_outside_root: bool = False
+    root: str | os.PathLike,
+    *,
+    name: str | None = None,
+    description: str = "",
+    allow_outside_root: bool = False,
 ) -> Dataset:
     top = Path(root)
     if not top.is_dir():
