@@ -13,6 +13,7 @@ import io
 import math
 from dataclasses import dataclass
 
+from services.common.images import DEFAULT_MAX_ASPECT_RATIO, shape_problem
 from services.common.types import ErrorCode
 
 # PIL names some camera JPEGs "MPO" (multi-picture); the bytes are a valid baseline JPEG.
@@ -28,6 +29,8 @@ MIME_TYPES = {
 _JPEG_QUALITIES = (95, 90, 85, 75)
 # Larger than any product photo, small enough that a decompression bomb is refused before decoding.
 DEFAULT_MAX_INPUT_PIXELS = 64_000_000
+# libjpeg cannot write a side longer than 65535 pixels; re-encoding to JPEG shrinks to fit first.
+_JPEG_MAX_SIDE = 65_500
 
 
 class ImageRejected(Exception):
@@ -94,7 +97,7 @@ class PreparedImage:
         return MIME_TYPES[self.format]
 
 
-def _open(data: bytes, max_input_pixels: int):
+def _open(data: bytes, max_input_pixels: int, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO):
     from PIL import Image
 
     if not data:
@@ -105,11 +108,11 @@ def _open(data: bytes, max_input_pixels: int):
         raise ImageRejected(ErrorCode.IMAGE_TOO_LARGE, str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for garbage
         raise ImageRejected(ErrorCode.INVALID_IMAGE, f"not a readable image: {type(exc).__name__}") from None
-    width, height = image.size
-    if width * height > max_input_pixels:
-        raise ImageRejected(
-            ErrorCode.IMAGE_TOO_LARGE, f"{width}x{height} exceeds {max_input_pixels:,} pixels"
-        )
+    # The embedder's rule (pixels and aspect ratio), checked on the header before any decoding:
+    # a thin image would cost the vendor (and our re-encoding) a resize to billions of pixels.
+    problem = shape_problem(*image.size, max_input_pixels, max_aspect_ratio)
+    if problem is not None:
+        raise ImageRejected(ErrorCode.IMAGE_TOO_LARGE, problem)
     return image
 
 
@@ -124,9 +127,13 @@ def _decode_check(image) -> None:
 
 
 def _fit_size(width: int, height: int, limits: ImageLimits) -> tuple[int, int]:
+    """Never larger than the input: re-encoding only shrinks, so its work is bounded by the input."""
     scale = 1.0
-    if limits.max_side is not None:
-        scale = min(scale, limits.max_side / max(width, height))
+    max_side = limits.max_side
+    if limits.reencode_format == "jpeg":
+        max_side = min(max_side or _JPEG_MAX_SIDE, _JPEG_MAX_SIDE)
+    if max_side is not None:
+        scale = min(scale, max_side / max(width, height))
     if limits.max_pixels is not None:
         scale = min(scale, math.sqrt(limits.max_pixels / (width * height)))
     if scale >= 1.0:
@@ -136,10 +143,15 @@ def _fit_size(width: int, height: int, limits: ImageLimits) -> tuple[int, int]:
 
 def _encode(image, fmt: str, quality: int) -> bytes:
     out = io.BytesIO()
-    if fmt == "jpeg":
-        image.save(out, format="JPEG", quality=quality)
-    else:
-        image.save(out, format=fmt.upper())
+    try:
+        if fmt == "jpeg":
+            image.save(out, format="JPEG", quality=quality)
+        else:
+            image.save(out, format=fmt.upper())
+    except (OSError, ValueError) as exc:  # an encoder's own size limits: this item's error only
+        raise ImageRejected(
+            ErrorCode.IMAGE_TOO_LARGE, f"cannot encode {image.width}x{image.height} as {fmt.upper()}: {exc}"
+        ) from None
     return out.getvalue()
 
 
@@ -151,9 +163,15 @@ def _flatten(image):
     return to_rgb(ImageOps.exif_transpose(image))
 
 
-def prepare(data: bytes, limits: ImageLimits, max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> PreparedImage:
-    """The bytes to send for one image; raises ImageRejected for unusable input."""
-    image = _open(data, max_input_pixels)
+def prepare(
+    data: bytes,
+    limits: ImageLimits,
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+) -> PreparedImage:
+    """The bytes to send for one image; raises ImageRejected for unusable input (over
+    `max_input_pixels`, or longer side / shorter side over `max_aspect_ratio`)."""
+    image = _open(data, max_input_pixels, max_aspect_ratio)
     source_format = (image.format or "").lower()
     source_format = _FORMAT_ALIASES.get(source_format, source_format)
     width, height = image.size
@@ -169,7 +187,7 @@ def prepare(data: bytes, limits: ImageLimits, max_input_pixels: int = DEFAULT_MA
         )
 
     # Reopen: draft() above may have decoded at reduced scale.
-    image = _flatten(_open(data, max_input_pixels))
+    image = _flatten(_open(data, max_input_pixels, max_aspect_ratio))
     original_size = image.size
     target = limits.reencode_format
     fitted = _fit_size(image.width, image.height, limits)

@@ -8,6 +8,32 @@ from PIL import Image
 
 _WHITE = (255, 255, 255)
 
+# The longer side may be at most this many times the shorter. Every model resizes the SHORTER side
+# to its input size (e.g. 256) and keeps the aspect, so the resized image has up to
+# (input size)^2 x this ratio pixels whatever the file's own pixel count: without a bound a 60000x1
+# PNG of 256 bytes becomes 15.36M x 256 pixels (16 GB). 32:1 passes banners and panoramas (at
+# most ~10:1) and keeps the worst resize at 256 x 8192 (6 MB of RGB).
+DEFAULT_MAX_ASPECT_RATIO = 32.0
+
+
+def shape_problem(width: int, height: int, max_pixels: int, max_aspect_ratio: float) -> str | None:
+    """Why an image of this header size must not be decoded or resized, or None (IMAGE_TOO_LARGE)."""
+    if width * height > max_pixels:
+        return f"{width}x{height} = {width * height} pixels exceeds the {max_pixels}-pixel limit"
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > max_aspect_ratio:
+        return (
+            f"{width}x{height} has aspect ratio {ratio:.0f}:1, over the {max_aspect_ratio:g}:1 limit "
+            "(resizing its short side to the model's input size would need "
+            f"{_resized_pixels(width, height, 256):,} pixels at 256)"
+        )
+    return None
+
+
+def _resized_pixels(width: int, height: int, shortest: int) -> int:
+    short, long = min(width, height), max(width, height)
+    return shortest * max(shortest, round(long * shortest / max(1, short)))
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB: transparency composited on white, 16/32-bit and float grey scaled by range."""

@@ -18,7 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):
-    """Raised by a model when its queues are full: answered early with RESOURCE_EXHAUSTED."""
+    """Raised by a model when its queues are full. Unary Embed answers RESOURCE_EXHAUSTED; inside
+    an EmbedStream only that request is refused (EmbedResponse.rejected) and the stream goes on.
+    `retry_after_ms` is the model's estimate of when room frees up (None: DEFAULT_RETRY_AFTER_MS)."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+# When a model does not estimate: about one forward pass of a small CPU model.
+DEFAULT_RETRY_AFTER_MS = 100
 
 
 class AsyncEmbedder(Protocol):
@@ -94,6 +104,11 @@ class EmbeddingServicer(pb_grpc.EmbedderServicer):
         metrics.REQUESTS.labels(name, method, "OK").inc()
         return wire.response_to_pb(results, request_id=request.request_id, usage=usage)
 
+    def _rejection(self, exc: Overloaded, request_id: str) -> pb.EmbedResponse:
+        metrics.REQUESTS.labels(self._info.name, "EmbedStream", "REJECTED").inc()
+        retry_after_ms = exc.retry_after_ms if exc.retry_after_ms is not None else DEFAULT_RETRY_AFTER_MS
+        return wire.rejection_to_pb(f"server overloaded: {exc}", max(0, int(retry_after_ms)), request_id)
+
     async def _abort_for(self, exc: BaseException, method: str, context: grpc.aio.ServicerContext) -> None:
         if isinstance(exc, Overloaded):
             code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, f"server overloaded: {exc}"
@@ -123,6 +138,10 @@ class EmbeddingServicer(pb_grpc.EmbedderServicer):
         async def handle(request: pb.EmbedRequest) -> None:
             try:
                 await outbox.put(await self._answer(request, "EmbedStream"))
+            except Overloaded as exc:
+                # Back-pressure, not failure: refuse this request alone; the client resends it
+                # later and the stream (with its other admitted batches) carries on.
+                await outbox.put(self._rejection(exc, request.request_id))
             except Exception as exc:  # noqa: BLE001 - forwarded to the writer
                 await outbox.put(exc)
             finally:

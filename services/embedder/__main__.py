@@ -49,6 +49,7 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-request-items", "max_request_items", int, "largest request"),
     ("--max-pixels", "max_pixels", int, "per-image pixel limit"),
     ("--max-image-bytes", "max_image_bytes", int, "per-image encoded size limit"),
+    ("--max-aspect-ratio", "max_aspect_ratio", float, "per-image limit on longer side / shorter side"),
     ("--max-message-mb", "max_message_mb", int, "gRPC message size limit"),
     ("--grace-seconds", "grace_seconds", float, "drain time on SIGTERM"),
     ("--metrics-port", "metrics_port", int, "Prometheus metrics port"),

@@ -10,7 +10,9 @@ Stages (each on its own workers, connected by bounded queues):
 Decoding keeps running while a forward pass runs, so under load the next batch is already
 waiting when the model is free. Admission counts every item from the moment a request arrives
 until its result is set; a request that would push that count over `max_queue` is refused at
-once with `Overloaded` (the servicer answers RESOURCE_EXHAUSTED) instead of queueing without bound.
+once with `Overloaded` (unary: RESOURCE_EXHAUSTED; in a stream: that request alone is rejected with
+a retry-after estimate) instead of queueing without bound. A request whose caller has gone
+(cancelled) gives its admission back at once and its not-yet-computed items are never forwarded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import numpy as np
 from services.common import metrics
 from services.common.servicer import Overloaded
 from services.common.types import Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
+from services.common.vectors import row_problems
 from services.embedder.backends.base import ModelBackend
+from services.embedder.backends.preprocess import ResizeTooLarge
 from services.embedder.images import DEFAULT_LIMITS, DecodeLimits, ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,8 @@ def prepare_item(backend: ModelBackend, item: ImageItem, limits: DecodeLimits = 
         return ItemError(exc.code, str(exc))
     try:
         return backend.preprocess(image)
+    except ResizeTooLarge as exc:
+        return ItemError(ErrorCode.IMAGE_TOO_LARGE, str(exc))
     except Exception as exc:  # noqa: BLE001 - one item's failure stays that item's
         log.warning("preprocess failed for %r", item.id, exc_info=True)
         return ItemError(ErrorCode.INTERNAL, f"preprocess failed: {type(exc).__name__}: {exc}")
@@ -91,17 +97,18 @@ def split_output(ids: Sequence[str], output: Any, dim: int) -> list[Embedding]:
     if array.ndim != 2 or array.shape[0] != len(ids) or (expected is not None and array.shape != expected):
         message = f"model returned shape {array.shape}, expected {expected or (len(ids), 'dim')}"
         return [Embedding.failed(item_id, ErrorCode.INVALID_OUTPUT, message) for item_id in ids]
-    array = array.astype(np.float32, copy=False)
-    finite = np.isfinite(array).all(axis=1)
+    # Checked in float64 before the float32 cast: a norm that overflows or underflows float32
+    # would otherwise be stored as zeros or inf downstream (services.common.vectors).
+    problems = row_problems(array)
+    array = array.astype(np.float32)
     results = []
     for row, item_id in enumerate(ids):
-        if finite[row]:
+        if problems[row] is None:
             # A copy per row: a view would keep the whole batch alive as long as any one vector.
             results.append(Embedding(id=item_id, vector=np.array(array[row], dtype=np.float32)))
         else:
-            results.append(
-                Embedding.failed(item_id, ErrorCode.INVALID_OUTPUT, "model returned non-finite values")
-            )
+            message = f"model returned an unusable vector: {problems[row]}"
+            results.append(Embedding.failed(item_id, ErrorCode.INVALID_OUTPUT, message))
     return results
 
 
@@ -234,7 +241,10 @@ class BatchingEmbedder:
         self._forward_pool: ThreadPoolExecutor | None = None
         self._closed = False
         self._start_lock = asyncio.Lock()
+        # Seconds of forward pass per item, smoothed: the retry-after estimate for refused requests.
+        self._seconds_per_item: float | None = None
         self.forward_calls = 0  # observability for tests and benches
+        self.forwarded_items = 0  # items that went through a forward pass (server work)
 
     def info(self) -> ModelInfo:
         return self._info
@@ -302,7 +312,8 @@ class BatchingEmbedder:
         if self._admitted + len(items) > self._max_queue:
             raise Overloaded(
                 f"{self._admitted} items in flight, {len(items)} more would exceed "
-                f"max_queue {self._max_queue}"
+                f"max_queue {self._max_queue}",
+                retry_after_ms=self._retry_after_ms(len(items)),
             )
         loop = asyncio.get_running_loop()
         self._admitted += len(items)
@@ -312,14 +323,33 @@ class BatchingEmbedder:
         self._decoding += len(items)
         self._update_depth()
         step = self._decode_group
+        decoding: list[asyncio.Future] = []
         for start in range(0, len(items), step):
             group = pendings[start : start + step]
             future = loop.run_in_executor(
                 self._decode_pool, prepare_group, self._backend, items[start : start + step], self._limits
             )
             future.add_done_callback(lambda done, group=group: self._decoded(group, done))
-        # shield: a cancelled request (client gone) must not cancel futures the pipeline still sets.
-        return list(await asyncio.shield(asyncio.gather(*(p.result for p in pendings))))
+            decoding.append(future)
+        try:
+            return list(await asyncio.gather(*(p.result for p in pendings)))
+        except asyncio.CancelledError:
+            # The caller has gone (stream cancelled, client disconnected). gather cancelled the
+            # result futures: admission is released now, decode tasks not yet started are
+            # dropped, and the forward stage skips the rest: no capacity goes to unread answers.
+            for pending in pendings:
+                pending.result.cancel()
+            for future in decoding:
+                future.cancel()
+            raise
+
+    def _retry_after_ms(self, requested: int) -> int:
+        """When `requested` more items might fit: the time to forward the excess, or half the queue
+        when that is larger (many refused callers come back at once), 10 ms .. 10 s."""
+        per_item = self._seconds_per_item if self._seconds_per_item is not None else 0.005
+        excess = self._admitted + requested - self._max_queue
+        wait_s = max(excess, self._admitted / 2) * per_item
+        return int(min(10_000, max(10, wait_s * 1000)))
 
     # The callbacks below run on the event loop thread.
 
@@ -337,6 +367,8 @@ class BatchingEmbedder:
         else:
             assert self._ready is not None
             for pending, prepared in zip(group, done.result()):
+                if pending.result.done():  # the caller has gone: not queued for a forward pass
+                    continue
                 if isinstance(prepared, ItemError):
                     _set(pending.result, Embedding(id=pending.item_id, error=prepared))
                 elif self._closed:  # decoded after close() drained the queue: nobody would run it
@@ -384,6 +416,7 @@ class BatchingEmbedder:
             return
         metrics.BATCH_SIZE.labels(self._name).observe(len(live))
         self.forward_calls += 1
+        self.forwarded_items += len(live)
         ids = [p.item_id for p in live]
         inputs = [p.prepared for p in live]
         for pending in live:
@@ -403,7 +436,12 @@ class BatchingEmbedder:
         except Exception as exc:  # noqa: BLE001 - executor shut down or a bug in checking
             log.exception("forward stage failed")
             results = [Embedding.failed(i, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}") for i in ids]
-        log.debug("forward of %d items took %.1f ms", len(live), (time.perf_counter() - started) * 1000)
+        elapsed = time.perf_counter() - started
+        per_item = elapsed / len(live)
+        self._seconds_per_item = (
+            per_item if self._seconds_per_item is None else 0.8 * self._seconds_per_item + 0.2 * per_item
+        )
+        log.debug("forward of %d items took %.1f ms", len(live), elapsed * 1000)
         for pending, result in zip(live, results):
             _set(pending.result, result)
 

@@ -13,6 +13,9 @@ Choices (recorded here because they change vectors):
 - CMYK uses Pillow's conversion (Adobe-inverted JPEGs are handled by the decoder); embedded ICC
   profiles are not applied.
 - Animated images (GIF, APNG, WebP) and multi-page files (TIFF, MPO) give their first frame.
+- Aspect-ratio limit (default 32:1): models resize the SHORT side to their input size, so a thin
+  image (60000x1, 256 bytes) would grow to billions of pixels after resizing; refused from the
+  header, before any pixel is decoded (services.common.images.shape_problem).
 - Pixel limit: our own check on the header size before any pixel is decoded (default 64 MP,
   below Pillow's 89 MP default). Pillow's global MAX_IMAGE_PIXELS guard may fire first for even
   larger headers; both answer IMAGE_TOO_LARGE, so Pillow's setting never decides the outcome for
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from services.common.images import to_rgb
+from services.common.images import DEFAULT_MAX_ASPECT_RATIO, shape_problem, to_rgb
 from services.common.types import ErrorCode
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -52,6 +55,7 @@ class ImageTooLarge(ImageError):
 class DecodeLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -80,7 +84,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Im
 
 
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
-    """Lazy open (reads the header only) plus our own pixel limit."""
+    """Lazy open (reads the header only) plus our own pixel and aspect-ratio limits."""
     try:
         # Not wrapped in warnings.catch_warnings: that swaps process-global state and is unsafe on
         # decode threads. Pillow's DecompressionBombWarning is only an exception when warnings
@@ -95,10 +99,9 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise InvalidImage(f"image has no pixels ({width}x{height})")
-    if width * height > limits.max_pixels:
-        raise ImageTooLarge(
-            f"{width}x{height} = {width * height} pixels exceeds the {limits.max_pixels}-pixel limit"
-        )
+    problem = shape_problem(width, height, limits.max_pixels, limits.max_aspect_ratio)
+    if problem is not None:
+        raise ImageTooLarge(problem)
     return image
 
 

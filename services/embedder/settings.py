@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServerSettings
+from services.common.images import DEFAULT_MAX_ASPECT_RATIO
 from services.embedder.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodeLimits
 
 
@@ -35,6 +36,9 @@ class EmbedderSettings(ServerSettings):
     max_request_items: int = Field(256, ge=1, description="largest request accepted (ModelInfo.max_batch)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decoded size limit per image")
     max_image_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="encoded size limit per image")
+    max_aspect_ratio: float = Field(
+        DEFAULT_MAX_ASPECT_RATIO, ge=1, description="longer side / shorter side limit per image"
+    )
     warmup: bool = Field(True, description="run one dummy batch before reporting ready")
     backend: Literal["local", "triton"] = Field(
         "local", description="local: run the model here; triton: preprocess here, forward on Triton"
@@ -50,4 +54,6 @@ class EmbedderSettings(ServerSettings):
         return self
 
     def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(max_pixels=self.max_pixels, max_bytes=self.max_image_bytes)
+        return DecodeLimits(
+            max_pixels=self.max_pixels, max_bytes=self.max_image_bytes, max_aspect_ratio=self.max_aspect_ratio
+        )

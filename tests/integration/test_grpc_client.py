@@ -82,15 +82,36 @@ def test_stream_returns_every_item_once_with_per_item_errors():
     assert model.calls == 15  # ceil(101 / 7) batches, nothing sent twice
 
 
-def test_resource_exhausted_is_retried_with_backoff():
+def test_overload_is_back_pressure_not_a_stream_failure():
     model = CountingModel(overload_first=2)
     with BackgroundServer(model) as server:
         client = GrpcEmbeddingClient(server.address, batch_size=10, backoff_s=0.01)
         results = list(client.embed(items(30)))
         client.close()
     assert sorted(r.id for r in results) == sorted(i.id for i in items(30))
-    assert client.retries >= 1
+    assert client.rejections == 2 and client.retries == 0  # refused batches resent, stream kept
     assert all(count == 1 for count in model.embedded.values())
+
+
+def test_unary_embed_overload_stays_resource_exhausted():
+    model = CountingModel(overload_first=1)
+    with BackgroundServer(model) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            from services.common.proto.vsbench.v1 import embedding_pb2_grpc as pb_grpc
+
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.EmbedderStub(channel).Embed(wire.request_to_pb(items(2)), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_batch_refused_past_the_overload_deadline_fails_clearly():
+    model = CountingModel(overload_first=10_000)
+    with BackgroundServer(model) as server:
+        client = GrpcEmbeddingClient(server.address, batch_size=10, overload_deadline_s=0.3, max_backoff_s=0.05)
+        with pytest.raises(EmbeddingServiceError, match="refused for overload .* overload_deadline_s=0.3"):
+            list(client.embed(items(30)))
+        client.close()
+    assert not model.embedded
 
 
 def test_server_restart_mid_stream_resends_only_unanswered_batches():
@@ -153,8 +174,8 @@ def test_tls_channel_with_the_servers_ca(tmp_path):
         address = f"localhost:{server.port}"
         with GrpcEmbeddingClient(address, tls_ca=cert.read_bytes()) as client:
             assert len(list(client.embed(items(10)))) == 10
-        with pytest.raises(EmbeddingServiceError, match="DEADLINE_EXCEEDED|UNAVAILABLE"):  # plaintext to TLS
-            GrpcEmbeddingClient(address, max_retries=0, wait_ready_s=2).info()
+        with pytest.raises(EmbeddingServiceError, match="cannot connect .*TLS on one side only"):  # plaintext to TLS
+            GrpcEmbeddingClient(address, max_retries=0, connect_timeout_s=2).info()
 
 
 class StartStopModel(CountingModel):

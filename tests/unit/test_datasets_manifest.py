@@ -124,7 +124,9 @@ def test_sidecar_gives_facts_and_arguments_win(tmp_path):
         "name: furniture-v1\nsetup: intra\ngallery_type: open\ndescription: sofas\nroot: ../images\n"
         "source: {origin: crawl-2024}\n",
     )
-    dataset = load_manifest(manifest)
+    # The sidecar's root is outside the manifest's folder: only the one running the benchmark may
+    # allow that (see tests/unit/test_hostile_datasets.py for the refusal).
+    dataset = load_manifest(manifest, allow_outside_root=True)
     assert dataset.name == "furniture-v1"
     assert dataset.gallery_type is GalleryType.OPEN  # declared open, even without distractors
     assert dataset.description == "sofas"
@@ -191,7 +193,7 @@ def test_write_manifest_round_trips_records_and_facts(tmp_path, suffix):
 
     sidecar = yaml.safe_load((tmp_path / "out" / "dataset.yaml").read_text())
     assert sidecar["root"] == "../images"
-    loaded = load_manifest(target)
+    loaded = load_manifest(target, allow_outside_root=True)
     assert loaded.records == original.records
     assert (loaded.name, loaded.setup, loaded.gallery_type, loaded.description) == (
         "round",

@@ -72,7 +72,13 @@ class BrokenOutputBackend(RecordingBackend):
             return out[:, :10]
         if self.mode == "rows":
             return out[:-1]
-        out = out.copy()
+        out = out.astype(np.float64)
+        if self.mode == "norms":
+            # Rows that pass an isfinite check yet break float32 normalisation downstream.
+            out[0, :] = 1e20
+            out[1, :] = 1e-30
+            out[2, :] = 0.0
+            return out
         out[0, 3] = np.nan
         return out
 
@@ -212,6 +218,19 @@ def test_non_finite_row_fails_only_that_item():
     assert codes.count(ErrorCode.INVALID_OUTPUT) == 1 and codes.count(None) == 2
 
 
+def test_unusable_norms_are_invalid_output_per_item():
+    async def scenario():
+        async with BatchingEmbedder(BrokenOutputBackend("norms"), max_batch=8, max_wait_ms=20) as embedder:
+            return await embedder.embed(items(4))
+
+    results = run(scenario())
+    assert [e.error.code if e.error else None for e in results] == [ErrorCode.INVALID_OUTPUT] * 3 + [None]
+    assert "exceeds" in results[0].error.message
+    assert "below" in results[1].error.message
+    assert "all zeros" in results[2].error.message
+    assert results[3].vector.dtype == np.float32 and np.isfinite(results[3].vector).all()
+
+
 def test_forward_exception_is_isolated_to_the_poisonous_item():
     backend = PoisonBackend()
     request = items(3) + [ImageItem("white", jpeg((255, 255, 255)))]
@@ -274,6 +293,52 @@ def test_cancelled_request_does_not_leak_admission():
 
     admitted, after = run(scenario())
     assert admitted == 0 and all(e.ok for e in after)
+
+
+def test_cancelled_request_items_are_never_forwarded():
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+
+    async def scenario():
+        async with BatchingEmbedder(backend, max_batch=4, max_wait_ms=1, max_queue=64) as embedder:
+            first = asyncio.create_task(embedder.embed(items(4, "first")))
+            while embedder._decoding or embedder._ready.qsize():  # first is in the (gated) forward pass
+                await asyncio.sleep(0.01)
+            gone = asyncio.create_task(embedder.embed(items(8, "gone")))
+            while embedder._decoding:  # decoded and waiting for the model
+                await asyncio.sleep(0.01)
+            gone.cancel()  # its stream was cancelled while it waited
+            gate.set()
+            answered = await first
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            after = await embedder.embed(items(2, "after"))
+            return answered, after, embedder.forwarded_items, embedder._admitted
+
+    answered, after, forwarded, admitted = run(scenario())
+    assert all(e.ok for e in answered + after)
+    assert forwarded == 6 and sum(backend.batches) == 6  # none of the 8 cancelled items
+    assert admitted == 0
+
+
+def test_overloaded_carries_a_retry_after_estimate():
+    gate = threading.Event()
+
+    async def scenario():
+        async with BatchingEmbedder(RecordingBackend(gate=gate), max_batch=8, max_queue=8) as embedder:
+            held = asyncio.create_task(embedder.embed(items(8)))
+            await asyncio.sleep(0.02)
+            try:
+                await embedder.embed(items(2))
+            except Overloaded as exc:
+                refused = exc
+            gate.set()
+            await held
+            return refused
+
+    refused = run(scenario())
+    # No forward pass measured yet: 5 ms per item over half the queue, floored at 10 ms.
+    assert refused.retry_after_ms == 20
 
 
 # --- synchronous helper ----------------------------------------------------------------------

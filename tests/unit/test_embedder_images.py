@@ -208,3 +208,22 @@ def test_corrupt_bytes_inside_a_valid_header_never_raise_anything_else():
             assert exc.code == ErrorCode.INVALID_IMAGE
         else:
             assert image.mode == "RGB"
+
+
+def thin_png(width: int, height: int) -> bytes:
+    return encode(Image.new("L", (width, height), 128), "PNG")
+
+
+@pytest.mark.parametrize("size", [(60000, 1), (1, 20000), (3300, 100)])
+def test_thin_images_are_refused_from_the_header_by_aspect_ratio(size):
+    data = thin_png(*size)
+    assert len(data) < 2000  # a few hundred bytes that would resize to billions of pixels
+    error = assert_error(data, ErrorCode.IMAGE_TOO_LARGE)
+    assert "aspect ratio" in str(error) and "32:1" in str(error)
+
+
+def test_aspect_ratio_limit_is_configurable_and_inclusive():
+    data = thin_png(640, 20)  # 32:1 exactly
+    assert decode_image(data).size == (640, 20)
+    assert_error(data, ErrorCode.IMAGE_TOO_LARGE, DecodeLimits(max_aspect_ratio=31))
+    assert decode_image(thin_png(60000, 1), DecodeLimits(max_aspect_ratio=100000)).size == (60000, 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.embedder.backends.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from services.embedder.backends.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, ResizeTooLarge
 
 
 def gradient(width: int, height: int) -> Image.Image:
@@ -115,3 +115,27 @@ def test_open_nsfw_spec_matches_the_package_preprocessing_exactly():
     theirs = package_preprocess(image, jpeg_reencode=True)
     assert ours.shape == theirs.shape == (224, 224, 3)
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_resized_size_is_computed_without_pixels():
+    spec = Preprocessing(crop_size=224, resize_to=256)
+    assert spec.resized_size(60000, 1) == (15_360_000, 256)
+    assert spec.resized_size(640, 480) == (341, 256)
+    assert Preprocessing(crop_size=224, resize="squash").resized_size(60000, 1) == (224, 224)
+    assert Preprocessing(crop_size=224, resize="none").resized_size(60000, 1) == (60000, 1)
+
+
+def test_a_resize_over_the_pixel_limit_is_refused_before_allocating():
+    spec = Preprocessing(crop_size=224, resize_to=256)
+    thin = Image.new("RGB", (60000, 1), (10, 20, 30))
+    # The default limit alone refuses it: 15.36M x 256 = 3.9 G pixels would be 12 GB of RGB.
+    with pytest.raises(ResizeTooLarge, match="15360000x256"):
+        spec(thin)
+    with pytest.raises(ResizeTooLarge, match="over the 60,000-pixel limit"):
+        spec(Image.new("RGB", (300, 200)), max_resized_pixels=60_000)
+    assert spec(Image.new("RGB", (300, 200)), max_resized_pixels=384 * 256).shape == (3, 224, 224)
+
+
+def test_squash_of_a_thin_image_stays_small():
+    spec = Preprocessing(crop_size=224, resize="squash")
+    assert spec(Image.new("RGB", (60000, 1), (200, 0, 0))).shape == (3, 224, 224)

@@ -138,3 +138,35 @@ def test_re_encoding_uses_the_embedders_rgb_conversion():
     grey16 = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
     assert to_rgb(grey16).getpixel((0, 0)) == (255, 255, 255)
     assert to_rgb(Image.new("PA", (4, 4))).mode == "RGB"
+
+
+def thin_png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height), 90).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("size", [(60000, 1), (1, 20000)])
+def test_thin_images_are_refused_before_reencoding_or_sending(size):
+    data = thin_png(*size)
+    for limits in (JPEG_PNG, ImageLimits(formats=frozenset({"jpeg"}), max_bytes=10_000_000)):
+        with pytest.raises(ImageRejected) as error:
+            prepare(data, limits)
+        assert error.value.code == ErrorCode.IMAGE_TOO_LARGE and "aspect ratio" in str(error.value)
+
+
+def test_aspect_ratio_limit_is_a_parameter():
+    data = thin_png(3000, 10)
+    limits = ImageLimits(formats=frozenset({"png"}), max_bytes=1_000_000)
+    prepared = prepare(data, limits, max_aspect_ratio=1000)
+    assert (prepared.width, prepared.height, prepared.reencoded) == (3000, 10, False)
+    with pytest.raises(ImageRejected):
+        prepare(data, limits)
+
+
+def test_jpeg_reencoding_shrinks_past_libjpegs_side_limit_instead_of_failing():
+    data = thin_png(70000, 100)  # PNG is not accepted below: must become a JPEG
+    limits = ImageLimits(formats=frozenset({"jpeg"}), max_bytes=10_000_000)
+    prepared = prepare(data, limits, max_aspect_ratio=1000)
+    assert prepared.format == "jpeg" and prepared.downscaled and prepared.width <= 65_500
+    assert decoded(prepared.data).size == (prepared.width, prepared.height)

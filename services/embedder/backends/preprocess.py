@@ -28,6 +28,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ResizeMode = Literal["shortest", "squash", "none"]
 
+# No resize may produce more pixels than this (checked before allocating). The decoder's aspect
+# limit already keeps "shortest" resizes small; this guards specs with a large resize_to and
+# callers that skip the decoder. 40 MP = 120 MB of RGB, ~4x the largest real model input resize.
+MAX_RESIZED_PIXELS = 40_000_000
+
+
+class ResizeTooLarge(ValueError):
+    """The resize this image needs would allocate more than MAX_RESIZED_PIXELS (IMAGE_TOO_LARGE)."""
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -104,23 +113,31 @@ class Preprocessing:
         steps.append(f"{self.layout} float32")
         return ", ".join(steps)
 
-    def _resized(self, image: Image.Image) -> Image.Image:
-        resample = RESAMPLE[self.resample]
-        height, width = self.crop_hw
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step, computed without touching pixels."""
+        crop_h, crop_w = self.crop_hw
         if self.resize == "none":
-            return image
+            return width, height
         if self.resize == "squash":
-            target = self.resize_to if self.resize_to is not None else (height, width)
+            target = self.resize_to if self.resize_to is not None else (crop_h, crop_w)
             th, tw = (target, target) if isinstance(target, int) else target
-            return image.resize((tw, th), resample) if image.size != (tw, th) else image
-        shortest = self.resize_to if self.resize_to is not None else min(height, width)
+            return tw, th
+        shortest = self.resize_to if self.resize_to is not None else min(crop_h, crop_w)
         assert isinstance(shortest, int)
-        w, h = image.size
-        if w <= h:
-            new_w, new_h = shortest, max(shortest, round(h * shortest / w))
-        else:
-            new_w, new_h = max(shortest, round(w * shortest / h)), shortest
-        return image.resize((new_w, new_h), resample) if (new_w, new_h) != (w, h) else image
+        if width <= height:
+            return shortest, max(shortest, round(height * shortest / width))
+        return max(shortest, round(width * shortest / height)), shortest
+
+    def _resized(self, image: Image.Image, max_pixels: int) -> Image.Image:
+        new_size = self.resized_size(*image.size)
+        if new_size[0] * new_size[1] > max_pixels:
+            raise ResizeTooLarge(
+                f"{image.width}x{image.height} would be resized to {new_size[0]}x{new_size[1]} = "
+                f"{new_size[0] * new_size[1]:,} pixels, over the {max_pixels:,}-pixel limit"
+            )
+        if self.resize == "none" or new_size == image.size:
+            return image
+        return image.resize(new_size, RESAMPLE[self.resample])
 
     def _cropped(self, image: Image.Image) -> Image.Image:
         height, width = self.crop_hw
@@ -136,10 +153,11 @@ class Preprocessing:
         top = int(round((h - height) / 2.0))
         return image.crop((left, top, left + width, top + height))
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def __call__(self, image: Image.Image, max_resized_pixels: int = MAX_RESIZED_PIXELS) -> np.ndarray:
+        """Raises ResizeTooLarge (before allocating) when the resize would exceed the limit."""
         if image.mode != "RGB":
             image = image.convert("RGB")
-        image = self._cropped(self._resized(image))
+        image = self._cropped(self._resized(image, max_resized_pixels))
         if self.jpeg_quality is not None:
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=self.jpeg_quality)

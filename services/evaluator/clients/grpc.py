@@ -1,6 +1,17 @@
 """The gRPC EmbeddingClient: streams batches over EmbedStream with bounded requests in flight,
 retries with backoff on UNAVAILABLE / RESOURCE_EXHAUSTED / stalls, and resends only the batches
-that were never answered."""
+that were never answered.
+
+Patience is split by what the address does:
+- nothing accepts the connection (refused, unreachable): EmbeddingServiceError after
+  `connect_timeout_s`, naming the address; there is no server to wait for.
+- it accepts but the server is not ready (UNAVAILABLE while starting or draining): retried with
+  backoff within `wait_ready_s` per call and `max_retries` calls.
+- the server refuses a batch because it is overloaded (EmbedResponse.rejected): back-pressure,
+  not failure. That batch is resent after the server's retry_after_ms (with jitter, growing when
+  the same batch is refused again) on the same stream; only a batch refused for longer than
+  `overload_deadline_s` fails the run.
+"""
 
 from __future__ import annotations
 
@@ -69,6 +80,8 @@ class GrpcEmbeddingClient:
         auth_token: str | None = None,
         wait_ready_s: float = 30.0,
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        connect_timeout_s: float = 5.0,
+        overload_deadline_s: float = 600.0,
     ) -> None:
         self.address = address
         self._channel = make_channel(address, tls_ca=tls_ca, tls=tls, max_message_mb=max_message_mb)
@@ -81,8 +94,12 @@ class GrpcEmbeddingClient:
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._wait_ready_s = wait_ready_s
+        self._connect_timeout_s = connect_timeout_s
+        self._overload_deadline_s = overload_deadline_s
+        self._connected = False
         self._info: ModelInfo | None = None
         self.retries = 0  # streams restarted, for the run's record
+        self.rejections = 0  # batches the server refused for overload and that were resent
 
     # ---- helpers -------------------------------------------------------------------------
     def _sleep_backoff(self, attempt: int) -> None:
@@ -103,9 +120,25 @@ class GrpcEmbeddingClient:
                 log.warning("%s on %s: %s, retry %d", what, self.address, err.code().name, attempt)
                 self._sleep_backoff(attempt)
 
+    def _connect(self) -> None:
+        """Fail fast when nothing accepts connections at the address (a typo, a dead server)."""
+        if self._connected:
+            return
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=self._connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            raise EmbeddingServiceError(
+                f"cannot connect to the embedding server at {self.address}: no working connection within "
+                f"{self._connect_timeout_s:g} s (refused, unreachable, or TLS on one side only; is the "
+                "server running and the address right?)"
+            ) from None
+        self._connected = True
+
     # ---- API -----------------------------------------------------------------------------
     def info(self) -> ModelInfo:
         if self._info is None:
+            self._connect()
+
             def call() -> pb.ModelInfo:
                 return self._stub.Info(
                     pb.InfoRequest(), metadata=self._metadata, timeout=self._wait_ready_s, wait_for_ready=True
@@ -125,6 +158,8 @@ class GrpcEmbeddingClient:
         resend: deque[list[ImageItem]] = deque()
         request_ids = itertools.count()
         failures = 0
+        hold_until = [0.0]  # monotonic time before which no request is sent (overload back-off)
+        refused_since: dict[int, tuple[float, int]] = {}  # id(batch) -> (first refusal, refusals)
 
         while True:
             if source_done and not resend:
@@ -146,6 +181,11 @@ class GrpcEmbeddingClient:
                     window.acquire()
                     if stop.is_set():
                         return
+                    # Overload back-off: hold every request (not only the refused one) until the
+                    # server said room frees up; stop wakes us when the stream ends meanwhile.
+                    while (wait := hold_until[0] - time.monotonic()) > 0:
+                        if stop.wait(wait):
+                            return
                     if resend:
                         batch = resend.popleft()
                     else:
@@ -174,6 +214,14 @@ class GrpcEmbeddingClient:
                         batch = pending.pop(response.request_id, None)
                     if batch is None:
                         continue  # an answer to a batch we already gave up on
+                    rejection = wire.response_rejection(response)
+                    if rejection is not None:
+                        self._back_off(batch, rejection, refused_since, hold_until)
+                        with pending_lock:
+                            resend.appendleft(batch)  # first in line once the hold ends
+                        window.release()
+                        continue
+                    refused_since.pop(id(batch), None)
                     window.release()
                     failures = 0
                     if usage is not None and (answered := wire.response_usage(response)) is not None:
@@ -210,6 +258,32 @@ class GrpcEmbeddingClient:
                 window.release()
                 watchdog.stop()
                 call.cancel()
+
+    def _back_off(
+        self,
+        batch: list[ImageItem],
+        rejection: tuple[str, int],
+        refused_since: dict[int, tuple[float, int]],
+        hold_until: list[float],
+    ) -> None:
+        """Schedule a refused batch's resend, or fail when it has been refused for too long."""
+        reason, retry_after_ms = rejection
+        now = time.monotonic()
+        first, count = refused_since.get(id(batch), (now, 0))
+        count += 1
+        refused_since[id(batch)] = (first, count)
+        if now - first > self._overload_deadline_s:
+            raise EmbeddingServiceError(
+                f"EmbedStream on {self.address}: a batch was refused for overload for "
+                f"{now - first:.0f} s (over overload_deadline_s={self._overload_deadline_s:g}): {reason}"
+            )
+        self.rejections += 1
+        # Jitter (x1..x2) spreads clients refused together; repeated refusals of the same batch
+        # wait longer (up to x8), so a persistently full server is not polled in lockstep.
+        base = max(retry_after_ms / 1000.0, 0.001) * min(8, 2 ** (count - 1))
+        delay = min(self._max_backoff_s, base * (1 + random.random()))
+        hold_until[0] = max(hold_until[0], now + delay)
+        log.debug("%s refused a batch (%s); resending in %.0f ms", self.address, reason, delay * 1000)
 
     def close(self) -> None:
         self._channel.close()

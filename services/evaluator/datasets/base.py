@@ -39,6 +39,17 @@ class DatasetError(VsbenchError, ValueError):
     """A dataset that cannot be used as given. The message names the file and line (or record)."""
 
 
+class OutsideRootError(PermissionError):
+    """A record whose file (after following symlinks) lies outside the dataset root. An OSError, so
+    it is reported like an unreadable file: that image's READ_ERROR, and the run goes on."""
+
+
+OUTSIDE_ROOT_HINT = (
+    "reading outside the dataset root is off by default (set the dataset option "
+    "allow_outside_root: true to allow it)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ImageRecord:
     """One image. `location` is a POSIX path relative to the dataset root, or a file:// URI.
@@ -67,6 +78,9 @@ class Dataset:
     description: str = ""
     # Where the records came from and any subset applied: copied into results.
     source: Mapping[str, str] = field(default_factory=dict)
+    # False: `read` refuses any file that is not inside `root` once symlinks are resolved (a
+    # file:// location, a symlink out of the tree). True: locations are read wherever they point.
+    allow_outside_root: bool = False
 
     # ---- views -------------------------------------------------------------------------
     def gallery(self) -> list[ImageRecord]:
@@ -100,9 +114,26 @@ class Dataset:
             return Path(record.location)
         return self.root / record.location
 
+    def confined_path(self, record: ImageRecord) -> Path:
+        """`path_of(record)` with symlinks resolved, refused (OutsideRootError) when it is not
+        inside the dataset root (the current folder for a dataset without one), unless
+        `allow_outside_root`. Manifests can be written by others and their bytes may go to a vendor:
+        `file:///etc/passwd` or a symlink to ~/.ssh must not be read just because a row names it."""
+        path = self.path_of(record)
+        if self.allow_outside_root:
+            return path
+        root = (Path(self.root) if self.root is not None else Path.cwd()).resolve()
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise OutsideRootError(
+                f"{record.location} resolves to {real}, outside the dataset root {root}; {OUTSIDE_ROOT_HINT}"
+            )
+        return real
+
     def read(self, record: ImageRecord) -> bytes:
-        """The encoded image bytes. Loaders with other storage (tar shards, ...) override this."""
-        return self.path_of(record).read_bytes()
+        """The encoded image bytes (raises OSError, OutsideRootError included). Loaders with other
+        storage (tar shards, ...) override this."""
+        return self.confined_path(record).read_bytes()
 
     def missing(self, records: Iterable[ImageRecord] | None = None) -> list[ImageRecord]:
         """Records whose file is absent: listed in results, and the run goes on without them."""

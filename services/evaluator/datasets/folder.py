@@ -7,6 +7,8 @@
 ```
 Images may lie deeper below a product folder (the product is the first folder). The image id is
 the path relative to the root (``gallery/123/a.jpg``). Hidden files and non-image files are skipped.
+Symlinked folders are listed, but an image whose real path is outside the root is refused when
+read (its READ_ERROR) unless the dataset option ``allow_outside_root: true`` is set.
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ def _walk_images(top: Path) -> Iterator[PurePosixPath]:
                 yield relative / name
 
 
-def load_folder(root: str | os.PathLike, *, name: str | None = None, description: str = "") -> Dataset:
+def load_folder(
+    root: str | os.PathLike,
+    *,
+    name: str | None = None,
+    description: str = "",
+    allow_outside_root: bool = False,
+) -> Dataset:
     top = Path(root)
     if not top.is_dir():
         raise DatasetError(f"{top}: dataset folder not found")
@@ -82,6 +90,7 @@ def load_folder(root: str | os.PathLike, *, name: str | None = None, description
         root=top,
         description=description,
         source={"format": "folder", "root": str(top)},
+        allow_outside_root=allow_outside_root,
     )
 
 

@@ -10,6 +10,11 @@ come from the loader's arguments, else from an optional sidecar ``dataset.yaml``
 distractor. Locations resolve against ``root`` (default: the manifest's folder; a relative
 sidecar root is relative to the sidecar's folder).
 
+Reads stay inside the dataset root (see `Dataset.confined_path`), and a sidecar, which travels
+with the data, may only name a root inside the manifest's own folder or the folder directly above
+it: a root elsewhere comes from whoever runs the benchmark (the ``root`` option), or
+``allow_outside_root=True`` lifts both.
+
 Every problem is reported with its file and line, all at once; a bad manifest raises before
 anything is returned.
 """
@@ -221,6 +226,11 @@ def read_sidecar(path: Path) -> DatasetFacts:
         return DatasetFacts(origin=path.name)
     if not isinstance(data, dict):
         raise DatasetError(f"{path.name}: expected a mapping of {', '.join(SIDECAR_KEYS)}")
+    if "allow_outside_root" in data:
+        raise DatasetError(
+            f"{path.name}: allow_outside_root cannot be set by the dataset's own files (they may come "
+            "from anyone); set it as a dataset option in your run configuration instead"
+        )
     unknown = sorted(set(data) - set(SIDECAR_KEYS))
     if unknown:
         raise DatasetError(
@@ -324,8 +334,13 @@ def load_manifest(
     gallery_type: GalleryType | str | None = None,
     root: str | os.PathLike | None = None,
     description: str | None = None,
+    allow_outside_root: bool = False,
 ) -> Dataset:
-    """Load a manifest file; arguments win over the sidecar, the sidecar over inference."""
+    """Load a manifest file; arguments win over the sidecar, the sidecar over inference.
+
+    allow_outside_root: read locations wherever they point (file:// URLs, symlinks, a sidecar root
+    outside the manifest's folder). Off: such images are refused (a sidecar root at load time,
+    each outside image as its READ_ERROR)."""
     manifest = Path(path)
     require_file(manifest, "manifest file")
     reader = ROW_READERS.get(manifest.suffix.lower())
@@ -336,6 +351,8 @@ def load_manifest(
         )
     sidecar_path = find_sidecar(manifest.parent)
     sidecar = read_sidecar(sidecar_path) if sidecar_path else DatasetFacts()
+    if root is None and sidecar.root is not None and not allow_outside_root:
+        _check_sidecar_root(sidecar, manifest.parent)
     arguments = DatasetFacts(
         name=name,
         setup=_enum_value(Setup, setup, "arguments", "setup"),
@@ -379,7 +396,21 @@ def load_manifest(
         root=arguments.root or sidecar.root or manifest.parent,
         description=arguments.description or sidecar.description or "",
         source=source,
+        allow_outside_root=allow_outside_root,
     )
+
+
+def _check_sidecar_root(sidecar: DatasetFacts, folder: Path) -> None:
+    """A sidecar may name the manifest's folder, a folder below it, or the folder directly above it
+    (manifests of variants in sub-folders, as the quickstart writes them); nothing further away."""
+    assert sidecar.root is not None
+    home, named = folder.resolve(), sidecar.root.resolve()
+    if not (named.is_relative_to(home) or named == home.parent):
+        raise DatasetError(
+            f"{sidecar.origin}: root {sidecar.root} resolves to {named}, outside the manifest's folder "
+            f"{home} and its parent; a dataset's own files may not point reads elsewhere. Give the root "
+            "as the dataset option root: (or set allow_outside_root: true)"
+        )
 
 
 def _merge_source(recorded: Mapping[str, str], loaded: Mapping[str, str]) -> dict[str, str]:
