@@ -4,6 +4,7 @@ Checked in float64, so a vector whose float32 arithmetic would go wrong is caugh
 downstream: 1e20 per value has a float32 norm of inf (normalising gives zeros), 1e-30 per value a
 float32 norm of 0 (normalising gives inf). The proxy passes vectors on unnormalised, so the norm
 must leave room for a float32 consumer to square and sum: anything outside [MIN_NORM, MAX_NORM]
+(services/common/vectors.py, shared with the embedder and the evaluator)
 is refused as INVALID_OUTPUT, like NaN, infinity, a wrong length or a non-number. Real embedding
 vectors have norms between about 1e-3 and 1e3.
 """
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from services.common.types import ErrorCode, ItemError
+from services.common.vectors import MAX_NORM, MIN_NORM, vector_problem
 
-MIN_NORM = 1e-12
-MAX_NORM = 1e12
+__all__ = ["MAX_NORM", "MIN_NORM", "check_vector"]
 
 
 def check_vector(values: Any, dim: int, who: str) -> np.ndarray | ItemError:
@@ -36,12 +37,8 @@ def check_vector(values: Any, dim: int, who: str) -> np.ndarray | ItemError:
     if vector.ndim != 1 or vector.shape[0] != dim:
         return invalid(f"vector of shape {vector.shape}, expected ({dim},)")
     wide = vector.astype(np.float64)
-    if not np.isfinite(wide).all():
-        return invalid("vector holds NaN or infinity")
-    norm = float(np.linalg.norm(wide))
-    if norm == 0.0:
-        return invalid("vector is all zeros")
-    if not MIN_NORM <= norm <= MAX_NORM:
-        return invalid(f"vector norm {norm:.3g} is outside [{MIN_NORM:g}, {MAX_NORM:g}]: not an embedding")
+    problem = vector_problem(wide)  # the one rule (services/common/vectors.py), in float64
+    if problem is not None:
+        return invalid(problem)
     # Within the bounds every value fits float32 and the largest is far above its smallest normal.
     return wide.astype(np.float32)

@@ -51,6 +51,10 @@ class ModelEntry(BaseModel):
     auth_token_env: str | None = Field(None, description="environment variable holding the server's bearer token")
     batch_size: int | None = None
     max_in_flight: int = 4
+    connect_timeout_s: float = Field(5.0, gt=0, description="give up on an address that refuses connections after this")
+    overload_deadline_s: float = Field(
+        600.0, gt=0, description="how long to keep resending batches an overloaded server refused"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelEntry":

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from services.common.types import CallUsage, ErrorCode, ImageItem, ModelInfo
+from services.common.vectors import UnusableVector, unit_vector
 from services.evaluator.clients.base import EmbeddingClient, EmbeddingServiceError
 from services.evaluator.datasets.base import Dataset, ImageRecord, Setup
 from services.evaluator.record import (
@@ -383,28 +384,16 @@ class Evaluation:
 
 
 def normalized_vector(vector: np.ndarray | None, dim: int) -> tuple[np.ndarray | None, str | None]:
-    """(unit float32 vector, None) or (None, why it is unusable). The norm is taken in float64,
-    so 1e20 per element does not overflow into an all-zero vector; norms outside
-    [MIN_NORM, MAX_NORM] are refused rather than amplified or flattened."""
+    """(unit float32 vector, None) or (None, why it is unusable): the one rule of
+    services/common/vectors.py (float64 norm, finite, within [MIN_NORM, MAX_NORM])."""
     if vector is None:
         return None, "no vector"
     if vector.shape != (dim,):
         return None, f"vector has shape {vector.shape}, model declares dim {dim}"
-    wide = np.asarray(vector, dtype=np.float64)
-    if not np.isfinite(wide).all():
-        return None, "vector has NaN or inf values"
-    norm = float(np.linalg.norm(wide))
-    if norm == 0.0:
-        return None, "zero vector"
-    if not MIN_NORM <= norm <= MAX_NORM:
-        return None, f"vector norm {norm:.3g} is outside [{MIN_NORM:g}, {MAX_NORM:g}]: not a usable embedding"
-    return (wide / norm).astype(np.float32), None
-
-
-# Embeddings have norms near 1 (normalised) or a few hundred at most; these bounds only catch
-# arithmetic garbage (underflow / overflow), never a real model's output.
-MIN_NORM = 1e-12
-MAX_NORM = 1e12
+    try:
+        return unit_vector(vector), None
+    except UnusableVector as exc:
+        return None, str(exc)
 
 
 def _model_record(info: ModelInfo, model_name: str) -> ModelRecord:

@@ -63,6 +63,7 @@ def make_client(spec: ModelEntry) -> EmbeddingClient:
     return GrpcEmbeddingClient(
         spec.server, batch_size=spec.batch_size, max_in_flight=spec.max_in_flight,
         tls=spec.tls, tls_ca=tls_ca, auth_token=token,
+        connect_timeout_s=spec.connect_timeout_s, overload_deadline_s=spec.overload_deadline_s,
     )
 
 

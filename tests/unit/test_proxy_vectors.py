@@ -23,8 +23,8 @@ DIM = 8
     (1e-30, "norm 2.83e-30"),  # float32 norm underflows: normalising downstream would give inf
     (1e39, "norm 2.83e+39"),   # finite in float64, inf in float32
     (0.0, "all zeros"),
-    (float("nan"), "NaN or infinity"),
-    (float("inf"), "NaN or infinity"),
+    (float("nan"), "non-finite"),
+    (float("inf"), "non-finite"),
 ])
 def test_degenerate_vectors_are_refused(value, why):
     outcome = check_vector([value] * DIM, DIM, "cohere")
