@@ -26,9 +26,17 @@ class EmbeddingCache:
     def __init__(self, root: Path, provider: str, model: str, dim: int, role: str = "") -> None:
         """`role`: the vendor role field and value sent ("input_type=search_query"), "" if none."""
         self.dim = dim
-        self.directory = Path(root) / _SAFE.sub("_", provider) / _SAFE.sub("_", model) / str(dim)
+        self._model_directory = Path(root) / _SAFE.sub("_", provider) / _SAFE.sub("_", model) / str(dim)
+        self.directory = self._model_directory
         if role:  # without a role field the layout is the one caches had before roles existed
             self.directory /= _SAFE.sub("_", role)
+
+    def with_role(self, role: str) -> "EmbeddingCache":
+        """The same model's cache for another role as sent ("input_type=search_query")."""
+        other = EmbeddingCache.__new__(EmbeddingCache)
+        other.dim, other._model_directory = self.dim, self._model_directory
+        other.directory = self._model_directory / _SAFE.sub("_", role) if role else self._model_directory
+        return other
 
     def _path(self, sha256: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):

@@ -32,7 +32,7 @@ from services.api_proxy.usage import USAGE_DETAILS_KEY, Price, Usage, load_price
 from services.api_proxy.vectors import MAX_NORM, MIN_NORM, check_vector
 from services.common.fingerprint import fingerprint
 from services.common.servicer import Overloaded
-from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
+from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, InputRole, ItemError, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,10 @@ def _unbilled(code: ErrorCode, message: str, count: int) -> list[Sent]:
     return [(ItemError(code, message), False)] * count
 
 
-def role_key(provider: Provider) -> str:
-    """The role as sent ("input_type=search_query"), "" when no role field is sent."""
-    value = provider.role_value
+def role_key(provider: Provider, role: str | None = None) -> str:
+    """The role as sent ("input_type=search_query"), "" when no role field is sent; `role` is a
+    request's role (None = the process's)."""
+    value = provider.value_for(role)
     return "" if value is None else f"{provider.role_field}={value}"
 
 
@@ -63,6 +64,8 @@ def fingerprint_parts(provider: Provider) -> dict:
         "api": provider.api_version,
         "dim": provider.dim,
         "input_role": {"role": provider.role, "field": provider.role_field, "value": provider.role_value},
+        # Requests name their role (gallery images: document, queries: query): what each is sent as.
+        "request_roles": provider.role_mapping(),
         # What the proxy does to the bytes before sending (re-encoding, downscaling) and to the answer.
         "preprocessing": spec.images.describe(),
         "vendor_preprocessing": spec.vendor_preprocessing,
@@ -95,7 +98,8 @@ class ProxyModel:
         self.provider = provider
         self.name = f"{provider.name}/{provider.spec.name}"
         self.limits = limits
-        self.cache = cache
+        self.cache = cache  # the process's own role; other request roles get siblings (_cache_for)
+        self._role_caches: dict[str, EmbeddingCache] = {}
         self.redactor = redactor or Redactor()
         self.redactor.add_source(provider.auth)
         self._usage = Usage(provider.name, provider.spec.name, price)
@@ -112,7 +116,7 @@ class ProxyModel:
         self._max_input_pixels = max_input_pixels
         self._price = price
         self._pending = 0
-        self._inflight: dict[str, asyncio.Future[Delivery]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[Delivery]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._info = self._build_info(policy)
 
@@ -176,6 +180,7 @@ class ProxyModel:
             "api": provider.api_version,
             "input_role": provider.role,
             "vendor_role": role_key(provider) or "none sent",
+            "request_roles": json.dumps(provider.role_mapping()),
             "endpoint": provider.endpoint(),
             "credentials": provider.auth.describe(),
             "vendor_batch": str(self.vendor_batch),
@@ -235,14 +240,19 @@ class ProxyModel:
         results, _ = await self.embed_billed(items)
         return results
 
-    async def embed_billed(self, items: Sequence[ImageItem]) -> tuple[list[Embedding], CallUsage]:
-        """One Embedding per item, in order, and what this call alone cost (BilledEmbedder)."""
+    async def embed_billed(
+        self, items: Sequence[ImageItem], role: InputRole | None = None
+    ) -> tuple[list[Embedding], CallUsage]:
+        """One Embedding per item, in order, and what this call alone cost (BilledEmbedder).
+        `role`: what the images are (None = this process's --input-role); refused with
+        ValueError (INVALID_ARGUMENT) when the vendor does not offer it."""
+        role_name = self.provider.resolve_role(None if role is None else role.value)
         if self._pending + len(items) > self._max_pending:
             raise Overloaded(f"{self._pending} images already waiting for {self.name}")
         self._pending += len(items)
         ledger = CallLedger()
         try:
-            outcomes = await self._embed(items, ledger)
+            outcomes = await self._embed(items, ledger, role_name)
         except asyncio.CancelledError:
             ledger.abandoned = True  # its batches' charges go to whoever receives their results
             raise
@@ -266,7 +276,15 @@ class ProxyModel:
         except ImageRejected as exc:
             return ItemError(exc.code, str(exc))
 
-    async def _embed(self, items: Sequence[ImageItem], ledger: CallLedger) -> list[Outcome]:
+    def _cache_for(self, role: str) -> EmbeddingCache | None:
+        if self.cache is None or role == self.provider.role:
+            return self.cache
+        key = role_key(self.provider, role)
+        if key not in self._role_caches:
+            self._role_caches[key] = self.cache.with_role(key)
+        return self._role_caches[key]
+
+    async def _embed(self, items: Sequence[ImageItem], ledger: CallLedger, role: str) -> list[Outcome]:
         prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, item.data) for item in items))
         loop = asyncio.get_running_loop()
         outcomes: list[Outcome | None] = [None] * len(items)
@@ -279,11 +297,14 @@ class ProxyModel:
                 continue
             self._usage.add("images_reencoded", int(image.reencoded))
             self._usage.add("images_downscaled", int(image.downscaled))
-            if (future := self._inflight.get(image.sha256)) is not None:
+            # Identical bytes under another role are other vectors: the role is part of every key.
+            key = (role_key(self.provider, role), image.sha256)
+            if (future := self._inflight.get(key)) is not None:
                 self._usage.add("deduplicated")
                 joined[index] = future
                 continue
-            cached = self.cache.get(image.sha256) if self.cache else None
+            cache = self._cache_for(role)
+            cached = cache.get(image.sha256) if cache else None
             if cached is not None:
                 self._usage.add("cache_hits")
                 ledger.usage.cached_images += 1
@@ -291,13 +312,13 @@ class ProxyModel:
                 continue
             self._usage.add("cache_misses")
             future = loop.create_future()
-            self._inflight[image.sha256] = future
+            self._inflight[key] = future
             sent[index] = future
             to_send.append((image, future))
         for start in range(0, len(to_send), self.vendor_batch):
             # Own tasks, not this call's: a cancelled gRPC call still gets (and caches) what it paid for.
             batch = to_send[start:start + self.vendor_batch]
-            task = asyncio.create_task(self._send(batch, BatchCharge(owner=ledger)))
+            task = asyncio.create_task(self._send(batch, BatchCharge(owner=ledger), role))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         for index, future in sent.items():
@@ -308,11 +329,11 @@ class ProxyModel:
             outcomes[index] = delivery.outcome
         return outcomes  # type: ignore[return-value]
 
-    async def _send(self, batch: Batch, charge: BatchCharge) -> None:
+    async def _send(self, batch: Batch, charge: BatchCharge, role: str) -> None:
         images = [image for image, _ in batch]
         results: list[Sent] | None = None
         try:
-            results = await self._request(images, charge)
+            results = await self._request(images, charge, role)
         except asyncio.CancelledError:
             results = _unbilled(ErrorCode.INTERNAL, "proxy shut down before the vendor answered", len(images))
             raise
@@ -321,25 +342,27 @@ class ProxyModel:
             log.error("vendor call failed: %s", message)
             results = _unbilled(ErrorCode.INTERNAL, message, len(images))
         finally:
-            self._settle(batch, results or _unbilled(ErrorCode.INTERNAL, "interrupted", len(images)), charge)
+            self._settle(batch, results or _unbilled(ErrorCode.INTERNAL, "interrupted", len(images)), charge, role)
 
-    def _settle(self, batch: Batch, results: list[Sent], charge: BatchCharge) -> None:
+    def _settle(self, batch: Batch, results: list[Sent], charge: BatchCharge, role: str) -> None:
         deliveries = settle_batch(charge, results, self._price)
+        cache = self._cache_for(role)
+        rkey = role_key(self.provider, role)
         for (image, future), delivery in zip(batch, deliveries, strict=True):
             # Only checked vectors get here (vectors.py): a refused one is an error, never cached.
-            if self.cache is not None and isinstance(delivery.outcome, np.ndarray):
+            if cache is not None and isinstance(delivery.outcome, np.ndarray):
                 try:
-                    self.cache.put(image.sha256, delivery.outcome)
+                    cache.put(image.sha256, delivery.outcome)
                 except OSError as exc:
                     log.warning("cache write failed: %s", exc)
-            self._inflight.pop(image.sha256, None)
+            self._inflight.pop((rkey, image.sha256), None)
             if not future.done():
                 future.set_result(delivery)
 
-    async def _request(self, images: list[PreparedImage], charge: BatchCharge) -> list[Sent]:
+    async def _request(self, images: list[PreparedImage], charge: BatchCharge, role: str) -> list[Sent]:
         count = len(images)
         try:
-            response = await self._http.send(self.provider.build(images), count, charge)
+            response = await self._http.send(self.provider.build(images, role), count, charge)
         except CredentialsError as exc:  # e.g. a token refresh refused: the vendor was never asked
             log.warning("%s: credentials failed: %s", self.name, self.redactor(str(exc)))
             return _unbilled(ErrorCode.UPSTREAM_ERROR, self.redactor(f"{self.provider.name}: {exc}"), count)
@@ -348,7 +371,7 @@ class ProxyModel:
                 # One bad image can fail a whole batch: halve it to find which.
                 half = count // 2
                 first, second = await asyncio.gather(
-                    self._request(images[:half], charge), self._request(images[half:], charge))
+                    self._request(images[:half], charge, role), self._request(images[half:], charge, role))
                 return first + second
             log.warning("%s: %d image(s) failed: %s", self.name, count, exc.message)
             return _unbilled(ErrorCode.UPSTREAM_ERROR, f"{self.provider.name}: {exc.message}", count)

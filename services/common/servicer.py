@@ -12,7 +12,7 @@ import grpc
 from services.common import metrics, wire
 from services.common.proto.vsbench.v1 import embedding_pb2 as pb
 from services.common.proto.vsbench.v1 import embedding_pb2_grpc as pb_grpc
-from services.common.types import CallUsage, Embedding, ImageItem, ModelInfo
+from services.common.types import CallUsage, Embedding, ImageItem, InputRole, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,15 @@ class AsyncEmbedder(Protocol):
 @runtime_checkable
 class BilledEmbedder(Protocol):
     """A model whose calls cost something (the api_proxy): each call also says what it cost, and
-    the servicer puts that on the response so a run adds up its own usage."""
+    the servicer puts that on the response so a run adds up its own usage. It also receives the
+    request's input role (None = its configured default): vendors embed queries and catalogue
+    images differently. Models that are not BilledEmbedders ignore roles."""
 
     def info(self) -> ModelInfo: ...
 
-    async def embed_billed(self, items: Sequence[ImageItem]) -> tuple[list[Embedding], CallUsage]: ...
+    async def embed_billed(
+        self, items: Sequence[ImageItem], role: InputRole | None = None
+    ) -> tuple[list[Embedding], CallUsage]: ...
 
 
 # A stream may have this many batches being processed at once; later batches wait in gRPC's
@@ -82,13 +86,14 @@ class EmbeddingServicer(pb_grpc.EmbedderServicer):
         name = self._info.name
         started = time.perf_counter()
         items = wire.request_from_pb(request)
+        role = wire.request_role(request)
         if self._info.max_batch and len(items) > self._info.max_batch:
             raise ValueError(f"batch of {len(items)} items exceeds max_batch {self._info.max_batch}")
         usage = None
         if not items:
             results = []
         elif self._billed:
-            results, usage = await self._model.embed_billed(items)
+            results, usage = await self._model.embed_billed(items, role)
         else:
             results = await self._model.embed(items)
         if len(results) != len(items) or any(r.id != i.id for r, i in zip(results, items)):

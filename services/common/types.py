@@ -20,6 +20,14 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 5
 
 
+class InputRole(str, enum.Enum):
+    """What a request's images are (proto `vsbench.v1.InputRole`): catalogue images or queries.
+    Only vendors that embed the two differently act on it."""
+
+    DOCUMENT = "document"
+    QUERY = "query"
+
+
 @dataclass(frozen=True, slots=True)
 class ImageItem:
     """One encoded image on its way to a model. `data` is the file's bytes, never decoded pixels."""

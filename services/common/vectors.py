@@ -34,7 +34,7 @@ def _row_problems(
         norm = float(norms[row])
         if not finite[row]:
             bad = int((~np.isfinite(matrix[row])).sum())
-            problems.append(f"vector has {bad} non-finite value{'s' if bad != 1 else ''} (nan or inf)")
+            problems.append(f"vector has {bad} non-finite value{'s' if bad != 1 else ''} (NaN or inf)")
         elif norm == 0.0:
             problems.append("vector is all zeros (norm 0)")
         elif not np.isfinite(norm) or norm > max_norm:

@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from services.common.proto.vsbench.v1 import embedding_pb2 as pb
-from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, ItemError, ModelInfo
+from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, InputRole, ItemError, ModelInfo
 
 # Vectors travel as little-endian float32 bytes: 4x smaller than repeated float's varint-free
 # encoding would still be, and a zero-copy np.frombuffer on the receiving side.
@@ -44,10 +44,28 @@ def info_from_pb(msg: pb.ModelInfo) -> ModelInfo:
     )
 
 
-def request_to_pb(items: Sequence[ImageItem], request_id: str = "") -> pb.EmbedRequest:
+_ROLE_TO_PB = {
+    None: pb.INPUT_ROLE_UNSPECIFIED, InputRole.DOCUMENT: pb.INPUT_ROLE_DOCUMENT, InputRole.QUERY: pb.INPUT_ROLE_QUERY,
+}
+_ROLE_FROM_PB = {value: key for key, value in _ROLE_TO_PB.items()}
+
+
+def request_to_pb(
+    items: Sequence[ImageItem], request_id: str = "", role: InputRole | None = None
+) -> pb.EmbedRequest:
     return pb.EmbedRequest(
-        items=[pb.ImageItem(id=item.id, data=item.data) for item in items], request_id=request_id
+        items=[pb.ImageItem(id=item.id, data=item.data) for item in items], request_id=request_id,
+        role=_ROLE_TO_PB[role],
     )
+
+
+def request_role(msg: pb.EmbedRequest) -> InputRole | None:
+    """The request's role; None = unspecified (the server's default). An unknown value from a
+    newer client is refused rather than guessed."""
+    try:
+        return _ROLE_FROM_PB[msg.role]
+    except KeyError:
+        raise ValueError(f"unknown input role {msg.role}") from None
 
 
 def request_from_pb(msg: pb.EmbedRequest) -> list[ImageItem]:

@@ -51,6 +51,11 @@ class ModelEntry(BaseModel):
     auth_token_env: str | None = Field(None, description="environment variable holding the server's bearer token")
     batch_size: int | None = None
     max_in_flight: int = 4
+    # What each split is embedded as, for services that embed the two differently (Cohere
+    # input_type, Voyage input_type, Jina task, Gemini taskType); "unspecified" = the server's default.
+    input_roles: dict[Literal["gallery", "queries"], Literal["document", "query", "unspecified"]] = Field(
+        default_factory=lambda: {"gallery": "document", "queries": "query"}
+    )
     connect_timeout_s: float = Field(5.0, gt=0, description="give up on an address that refuses connections after this")
     overload_deadline_s: float = Field(
         600.0, gt=0, description="how long to keep resending batches an overloaded server refused"

@@ -12,14 +12,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from services.common.types import CallUsage, ErrorCode, ImageItem, ModelInfo
+from services.common.types import CallUsage, ErrorCode, ImageItem, InputRole, ModelInfo
 from services.common.vectors import UnusableVector, unit_vector
 from services.evaluator.clients.base import EmbeddingClient, EmbeddingServiceError
-from services.evaluator.datasets.base import Dataset, ImageRecord, Setup
+from services.evaluator.datasets.base import Dataset, ImageRecord, Setup, Split
 from services.evaluator.record import (
     DatasetRecord,
     GalleryCounts,
@@ -86,6 +86,17 @@ class RunOutcome:
         )
 
 
+DEFAULT_ROLES: Mapping[Split, InputRole | None] = {Split.GALLERY: InputRole.DOCUMENT, Split.QUERY: InputRole.QUERY}
+_SPLIT_NAMES = {Split.GALLERY: "gallery", Split.QUERY: "queries"}
+
+
+def _by_split(records: Sequence[ImageRecord]) -> list[tuple[Split, list[ImageRecord]]]:
+    parts = {Split.GALLERY: [], Split.QUERY: []}
+    for record in records:
+        parts[record.split].append(record)
+    return [(split, part) for split, part in parts.items() if part]
+
+
 def collection_name(dataset: str, model: str) -> str:
     return f"{path_segment(dataset)}__{path_segment(model)}"
 
@@ -134,15 +145,20 @@ class Evaluation:
         records: Sequence[ImageRecord] | None = None,
         extra: dict | None = None,
         out: Path | None = None,
+        roles: Mapping[Split, InputRole | None] | None = None,
     ) -> RunOutcome:
         """Embed what is not stored yet (missing files are listed and skipped), then score and
         write one RunRecord (to `out` when given, else under results_dir).
 
         `records` limits the embedding pass (a shard); scoring always covers the whole dataset.
+        `roles`: the input role each split is embedded with (default: gallery images as documents,
+        queries as queries; services that do not distinguish roles ignore them). In an intra
+        dataset every image is a gallery image, so every image is embedded as a document.
         A service that fails for good part-way, or a run in which no gallery image got a vector,
         still writes a record: status "failed", the per-image errors, and why."""
         info = client.info()
         model_name = model_name or info.name
+        roles = DEFAULT_ROLES if roles is None else roles
         missing = dataset.missing(records)
         if missing:
             log.warning("%s: %d image files are missing; the run goes on without them", dataset.name, len(missing))
@@ -150,9 +166,12 @@ class Evaluation:
         if embed:
             missing_ids = {r.image_id for r in missing}
             todo = [r for r in (dataset.records if records is None else records) if r.image_id not in missing_ids]
-            report = self._embed(dataset, client, info, model_name, todo)
+            report = self._embed(dataset, client, info, model_name, todo, roles)
         if not score:
             return RunOutcome(report, None)
+        roles_used = {_SPLIT_NAMES[split]: (role.value if role else "unspecified") for split, role in roles.items()
+                      if split is Split.GALLERY or dataset.setup is Setup.INTER}
+        extra = {**(extra or {}), "model": {**(extra or {}).get("model", {}), "input_roles": roles_used}}
         result = self._score(dataset, info, model_name, report=report, missing=missing, extra=extra, out=out)
         return RunOutcome(report, result)
 
@@ -167,7 +186,13 @@ class Evaluation:
         return collection
 
     def _embed(
-        self, dataset: Dataset, client: EmbeddingClient, info: ModelInfo, model_name: str, records: Sequence[ImageRecord]
+        self,
+        dataset: Dataset,
+        client: EmbeddingClient,
+        info: ModelInfo,
+        model_name: str,
+        records: Sequence[ImageRecord],
+        roles: Mapping[Split, InputRole | None],
     ) -> EmbedReport:
         collection = self._open_collection(dataset, info, model_name)
         report = EmbedReport(requested=len(records))
@@ -178,8 +203,8 @@ class Evaluation:
         if not todo:
             return report
 
-        def items() -> Iterator[ImageItem]:
-            for record in todo:
+        def items(part: Sequence[ImageRecord]) -> Iterator[ImageItem]:
+            for record in part:
                 try:
                     data = dataset.read(record)
                 except OSError as exc:
@@ -204,7 +229,13 @@ class Evaluation:
             task = progress.add_task(f"embed {dataset.name} / {model_name}", total=len(todo)) if progress else None
             try:
                 received: set[str] = set()
-                for embedding in client.embed(items(), usage=report.usage):
+                answers = (
+                    embedding
+                    # Gallery images and queries go in separate passes, each with its role.
+                    for split, part in _by_split(todo)
+                    for embedding in client.embed(items(part), usage=report.usage, role=roles.get(split))
+                )
+                for embedding in answers:
                     record = by_id.get(embedding.id)
                     if record is None or embedding.id in received:
                         # Only a faulty server answers an id we did not send, or one id twice.

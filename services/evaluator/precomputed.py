@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from services.common.errors import VsbenchError
-from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, ModelInfo
+from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, InputRole, ModelInfo
 from services.evaluator.datasets.base import Dataset, GalleryType, ImageRecord, Setup, Split
 from services.evaluator.stores.npz import NpzStore
 from services.evaluator.search import l2_normalize
@@ -95,7 +95,9 @@ class PrecomputedClient:
     def info(self) -> ModelInfo:
         return self._info
 
-    def embed(self, items: Iterable[ImageItem], usage: CallUsage | None = None) -> Iterator[Embedding]:
+    def embed(
+        self, items: Iterable[ImageItem], usage: CallUsage | None = None, role: InputRole | None = None
+    ) -> Iterator[Embedding]:
         for item in items:
             yield Embedding.failed(item.id, ErrorCode.INVALID_IMAGE, "not in the precomputed embedding files")
 

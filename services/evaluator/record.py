@@ -55,6 +55,11 @@ class ModelRecord(_Strict):
     group: str = "general"
     details: dict[str, str] = Field(default_factory=dict)
     served_as: str = Field("", description="the name the server reported (Info.name)")
+    input_roles: dict[str, str] = Field(
+        default_factory=dict,
+        description="the input role each split was embedded with (gallery: document, queries: query); "
+        "what a vendor sends for each is in details['request_roles']",
+    )
 
 
 class ProtocolRecord(BaseModel):

@@ -13,7 +13,8 @@ from rich.console import Console
 from services.common.errors import VsbenchError
 from services.evaluator.clients.base import EmbeddingClient
 from services.evaluator.config import DatasetEntry, ModelEntry, RunSpec, StoreEntry
-from services.evaluator.datasets.base import Dataset
+from services.common.types import InputRole
+from services.evaluator.datasets.base import Dataset, Split
 from services.evaluator.pipeline import Evaluation, EvaluationOptions, RunOutcome
 
 DEFAULT_STORE_PATH = Path(".vsbench") / "qdrant"
@@ -67,6 +68,15 @@ def make_client(spec: ModelEntry) -> EmbeddingClient:
     )
 
 
+def input_roles(spec: ModelEntry) -> dict[Split, InputRole | None]:
+    """A model entry's input roles per split (config names -> the pipeline's)."""
+    split = {"gallery": Split.GALLERY, "queries": Split.QUERY}
+    roles = {Split.GALLERY: InputRole.DOCUMENT, Split.QUERY: InputRole.QUERY}
+    for name, role in spec.input_roles.items():
+        roles[split[name]] = None if role == "unspecified" else InputRole(role)
+    return roles
+
+
 def run_spec(
     spec: RunSpec, *, embed: bool = True, score: bool = True, console: Console | None = None, show_progress: bool = True
 ) -> list[RunOutcome]:
@@ -95,6 +105,7 @@ def run_spec(
                     outcome = evaluation.run(
                         dataset, client, model_spec.name, embed=embed, score=score,
                         records=shard if spec.shard.count > 1 else None, extra=extra,
+                        roles=input_roles(model_spec),
                     )
                 outcomes.append(outcome)
                 _print_outcome(console, dataset.name, model_spec.name, outcome)

@@ -89,8 +89,8 @@ class CountingClient:
     def info(self):
         return self.inner.info()
 
-    def embed(self, items, usage=None):
-        for embedding in self.inner.embed(items, usage):
+    def embed(self, items, usage=None, role=None):
+        for embedding in self.inner.embed(items, usage, role):
             self.delivered[embedding.id] += 1
             if self.server is not None and sum(self.delivered.values()) == self.kill_after:
                 self.server.kill()

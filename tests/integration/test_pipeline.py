@@ -111,8 +111,8 @@ class KillingClient:
     def info(self):
         return self.inner.info()
 
-    def embed(self, items, usage=None):
-        for embedding in self.inner.embed(items, usage):
+    def embed(self, items, usage=None, role=None):
+        for embedding in self.inner.embed(items, usage, role):
             self.delivered[embedding.id] += 1
             if sum(self.delivered.values()) == self.kill_after:
                 self.server.kill()
@@ -194,8 +194,8 @@ class RepeatingClient:
     def info(self):
         return self.inner.info()
 
-    def embed(self, items, usage=None):
-        for embedding in self.inner.embed(items, usage):
+    def embed(self, items, usage=None, role=None):
+        for embedding in self.inner.embed(items, usage, role):
             yield embedding
             yield embedding
         yield Embedding("not-sent", vector=np.ones(self.info().dim, np.float32))

@@ -124,3 +124,44 @@ def test_proxy_usage_is_per_run_and_per_dataset(tmp_path, monkeypatch):
         text = outcome.result.path.read_text()
         assert VENDOR_KEY not in text and GRPC_TOKEN not in text
         assert json.loads(text)["model"]["fingerprint"].startswith("sha256:")
+
+
+@pytest.mark.slow
+def test_gallery_and_queries_reach_the_vendor_with_their_roles(tmp_path, monkeypatch):
+    """One proxy serves both roles: gallery images go as Cohere search_document, queries as
+    search_query (the fake vendor answers each role with other vectors), and the record says so.
+    A config can switch the roles off (the proxy's default for every request)."""
+    from services.evaluator.config import RunSpec
+    from services.evaluator.runner import run_spec
+
+    make_folder_dataset(tmp_path / "a", products=3, seed=4)  # 6 gallery + 3 query images
+    monkeypatch.setenv("VSBENCH_TEST_PROXY_TOKEN", GRPC_TOKEN)
+    with FakeVendorServer(CohereVendor(DIM, key=VENDOR_KEY)) as fake:
+        process, address, _ = start_proxy(tmp_path, fake)
+        try:
+            model = {"name": "cohere/embed-v4.0", "server": address, "auth_token_env": "VSBENCH_TEST_PROXY_TOKEN"}
+            config = tmp_path / "run.yaml"
+            write_config(config, store=tmp_path / "s1", results=tmp_path / "r1", datasets=[("a", tmp_path / "a")],
+                         models=[model])
+            (with_roles,) = run_spec(RunSpec.from_yaml(config), show_progress=False)
+            by_role = {}
+            for received in fake.received:
+                by_role[received.role] = by_role.get(received.role, 0) + received.images
+            model["input_roles"] = {"gallery": "unspecified", "queries": "unspecified"}
+            write_config(config, store=tmp_path / "s2", results=tmp_path / "r2", datasets=[("a", tmp_path / "a")],
+                         models=[model])
+            (without,) = run_spec(RunSpec.from_yaml(config), show_progress=False)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    assert by_role == {"search_document": 6, "search_query": 3}
+    record = with_roles.result.record
+    assert record.model.input_roles == {"gallery": "document", "queries": "query"}
+    assert json.loads(record.model.details["request_roles"]) == {
+        "document": "search_document", "query": "search_query"}
+    assert without.result.record.model.input_roles == {"gallery": "unspecified", "queries": "unspecified"}
+    # Unspecified = the proxy's default (document) for every image: the gallery comes from the
+    # cache the first run filled; the queries were cached as search_query, so as documents they
+    # are new to the vendor and billed (the role is part of the cache key).
+    assert without.result.record.usage.billed_images == 3
+    assert without.result.record.usage.cached_images == 6

@@ -65,7 +65,7 @@ def test_zero_vector_is_refused():
 def test_non_finite_values_are_refused(bad):
     vector = np.ones(DIM)
     vector[7] = bad
-    assert vector_problem(vector) == "vector has 1 non-finite value (nan or inf)"
+    assert vector_problem(vector) == "vector has 1 non-finite value (NaN or inf)"
 
 
 def test_bounds_are_inclusive_and_configurable():

@@ -120,6 +120,29 @@ class Provider(ABC):
         """What the vendor's role field carries for this process's role; None = not sent."""
         return self.role_values[self.role]
 
+    def resolve_role(self, requested: str | None) -> str:
+        """The role one request is embedded with: the one it asked for ("document" / "query"),
+        or this process's role when it asked for none. A vendor without role fields (only "none"
+        offered) embeds every request the same way; a vendor without the asked role refuses."""
+        if requested is None:
+            return self.role
+        if requested in self.role_values:
+            return requested
+        if set(self.role_values) == {"none"}:
+            return "none"
+        raise ValueError(f"{self.name} offers input roles {', '.join(self.role_values)}, not {requested!r}")
+
+    def value_for(self, role: str | None) -> str | None:
+        """The role field's value for a request's role (see resolve_role); None = not sent."""
+        return self.role_values[self.resolve_role(role)]
+
+    def role_mapping(self) -> dict[str, str | None]:
+        """For the fingerprint and Info: what each request role is sent as."""
+        return {role: self.value_for(role) for role in ("document", "query") if self._offers(role)}
+
+    def _offers(self, role: str) -> bool:
+        return role in self.role_values or set(self.role_values) == {"none"}
+
     def describe_role(self) -> str:
         value = self.role_value
         if value is None:
@@ -155,8 +178,9 @@ class Provider(ABC):
         return self.spec.max_batch
 
     @abstractmethod
-    def build(self, images: Sequence[PreparedImage]) -> HttpCall:
-        """The unauthenticated call embedding `images`, one vector each, in order."""
+    def build(self, images: Sequence[PreparedImage], role: str | None = None) -> HttpCall:
+        """The unauthenticated call embedding `images`, one vector each, in order, with the
+        request's input role (None = this process's role; see resolve_role)."""
 
     @abstractmethod
     def parse(self, payload: Any, count: int) -> Parsed:

@@ -36,10 +36,10 @@ class CohereProvider(Provider):
     role_values = {"document": "search_document", "query": "search_query"}
     default_role = "document"
 
-    def build(self, images: Sequence[PreparedImage]) -> HttpCall:
+    def build(self, images: Sequence[PreparedImage], role: str | None = None) -> HttpCall:
         body = {
             "model": self.spec.name,
-            "input_type": self.role_value,
+            "input_type": self.value_for(role),
             "embedding_types": ["float"],
             "output_dimension": self.dim,
             "inputs": [

@@ -47,16 +47,17 @@ class GeminiProvider(Provider):
         # Header, never the ?key= query parameter: URLs end up in logs.
         return HeaderKeyAuth(key, source, header="x-goog-api-key", scheme="")
 
-    def build(self, images: Sequence[PreparedImage]) -> HttpCall:
+    def build(self, images: Sequence[PreparedImage], role: str | None = None) -> HttpCall:
         model = f"models/{self.spec.name}"
-        role = {} if self.role_value is None else {"taskType": self.role_value}
+        value = self.value_for(role)
+        task = {} if value is None else {"taskType": value}
         body = {
             "requests": [
                 {
                     "model": model,
                     "content": {"parts": [{"inline_data": {"mime_type": image.mime, "data": b64(image)}}]},
                     "outputDimensionality": self.dim,
-                    **role,
+                    **task,
                 }
                 for image in images
             ]

@@ -34,10 +34,10 @@ class JinaProvider(Provider):
     role_values = {"document": "retrieval.passage", "query": "retrieval.query"}
     default_role = "document"
 
-    def build(self, images: Sequence[PreparedImage]) -> HttpCall:
+    def build(self, images: Sequence[PreparedImage], role: str | None = None) -> HttpCall:
         body = {
             "model": self.spec.name,
-            "task": self.role_value,
+            "task": self.value_for(role),
             "dimensions": self.dim,
             "embedding_type": "float",
             "input": [{"image": b64(image)} for image in images],

@@ -40,7 +40,7 @@ class TitanProvider(Provider):
         base_url = ctx.base_url or cls.default_base_url.format(region=region)
         return cls(spec, ctx.dimension or spec.default_dim, base_url, auth, ctx.role)
 
-    def build(self, images: Sequence[PreparedImage]) -> HttpCall:
+    def build(self, images: Sequence[PreparedImage], role: str | None = None) -> HttpCall:
         if len(images) != 1:
             raise ValueError("Titan takes one image per request")
         body = {"inputImage": b64(images[0]), "embeddingConfig": {"outputEmbeddingLength": self.dim}}

@@ -53,7 +53,7 @@ class VertexProvider(Provider):
         base_url = ctx.base_url or cls.default_base_url.format(location=location)
         return cls(spec, ctx.dimension or spec.default_dim, base_url, auth, project, location, ctx.role)
 
-    def build(self, images: Sequence[PreparedImage]) -> HttpCall:
+    def build(self, images: Sequence[PreparedImage], role: str | None = None) -> HttpCall:
         if len(images) != 1:
             raise ValueError("Vertex multimodalembedding takes one image per request")
         url = (

@@ -39,13 +39,14 @@ class VoyageProvider(Provider):
     role_values = {"document": "document", "query": "query", "none": None}  # None: left out (null)
     default_role = "document"
 
-    def build(self, images: Sequence[PreparedImage]) -> HttpCall:
+    def build(self, images: Sequence[PreparedImage], role: str | None = None) -> HttpCall:
         body: dict[str, Any] = {
             "model": self.spec.name,
             "inputs": [{"content": [{"type": "image_base64", "image_base64": data_uri(image)}]} for image in images],
         }
-        if self.role_value is not None:
-            body["input_type"] = self.role_value
+        value = self.value_for(role)
+        if value is not None:
+            body["input_type"] = value
         if len(self.spec.dims) > 1:  # only models with a choice accept the parameter
             body["output_dimension"] = self.dim
         return self.json_call(f"{self.base_url}/v1/multimodalembeddings", body)

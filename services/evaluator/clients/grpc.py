@@ -30,7 +30,7 @@ from services.common.grpc_server import channel_options
 from services.common.proto.vsbench.v1 import embedding_pb2 as pb
 from services.common.proto.vsbench.v1 import embedding_pb2_grpc as pb_grpc
 from services.common.settings import DEFAULT_MAX_MESSAGE_MB
-from services.common.types import CallUsage, Embedding, ImageItem, ModelInfo
+from services.common.types import CallUsage, Embedding, ImageItem, InputRole, ModelInfo
 from services.evaluator.clients.base import EmbeddingServiceError
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,9 @@ class GrpcEmbeddingClient:
             self._info = wire.info_from_pb(self._call_with_retries(call, "Info"))
         return self._info
 
-    def embed(self, items: Iterable[ImageItem], usage: CallUsage | None = None) -> Iterator[Embedding]:
+    def embed(
+        self, items: Iterable[ImageItem], usage: CallUsage | None = None, role: InputRole | None = None
+    ) -> Iterator[Embedding]:
         info = self.info()
         batch_size = self._batch_size or min(32, info.max_batch or 32)
         if info.max_batch:
@@ -201,7 +203,7 @@ class GrpcEmbeddingClient:
                     request_id = str(next(request_ids))
                     with pending_lock:
                         pending[request_id] = batch
-                    yield wire.request_to_pb(batch, request_id)
+                    yield wire.request_to_pb(batch, request_id, role)
 
             # No wait_for_ready here: a dead server must surface as UNAVAILABLE so the backoff and
             # retry budget apply (waiting for readiness would hang forever on a server that is gone).

@@ -11,7 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
-from services.common.types import CallUsage, Embedding, ImageItem, ModelInfo
+from services.common.types import CallUsage, Embedding, ImageItem, InputRole, ModelInfo
 from services.embedder.backends.base import ModelBackend
 from services.embedder.batching import iter_embed
 from services.embedder.images import DEFAULT_LIMITS, DecodeLimits
@@ -64,8 +64,11 @@ class InProcessEmbeddingClient:
     def info(self) -> ModelInfo:
         return self._backend.info()
 
-    def embed(self, items: Iterable[ImageItem], usage: CallUsage | None = None) -> Iterator[Embedding]:
-        """`usage` stays untouched: a model in this process costs nothing per call."""
+    def embed(
+        self, items: Iterable[ImageItem], usage: CallUsage | None = None, role: InputRole | None = None
+    ) -> Iterator[Embedding]:
+        """`usage` stays untouched (a model in this process costs nothing per call) and `role` is
+        ignored (open models embed an image the same way whatever it is for)."""
         if self._closed:
             raise RuntimeError("client is closed")
         return iter_embed(self._backend, items, self._decode_pool, self._batch_size, self._limits)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avsbench/v1/embedding.proto\x12\nvsbench.v1\"\r\n\x0bInfoRequest\"\x90\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x15\n\rpreprocessing\x18\x04 \x01(\t\x12\x12\n\nnormalized\x18\x05 \x01(\x08\x12\x10\n\x08revision\x18\x06 \x01(\t\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x33\n\x07\x64\x65tails\x18\t \x03(\x0b\x32\".vsbench.v1.ModelInfo.DetailsEntry\x12\x13\n\x0b\x66ingerprint\x18\n \x01(\t\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\tImageItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"H\n\x0c\x45mbedRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.vsbench.v1.ImageItem\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"A\n\tItemError\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.vsbench.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"b\n\x0f\x45mbeddingResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x06vector\x18\x02 \x01(\x0cH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.vsbench.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\x92\x01\n\x05Usage\x12\x15\n\rbilled_images\x18\x01 \x01(\r\x12\x15\n\rcached_images\x18\x02 \x01(\r\x12\x10\n\x08requests\x18\x03 \x01(\r\x12\x0f\n\x07retries\x18\x04 \x01(\r\x12\x14\n\x0crate_limited\x18\x05 \x01(\r\x12\x15\n\x08\x63ost_usd\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_cost_usd\"7\n\rBatchRejected\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"\xa0\x01\n\rEmbedResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.vsbench.v1.EmbeddingResult\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.vsbench.v1.Usage\x12+\n\x08rejected\x18\x04 \x01(\x0b\x32\x19.vsbench.v1.BatchRejected*\x85\x01\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_IMAGE\x10\x01\x12\x13\n\x0fIMAGE_TOO_LARGE\x10\x02\x12\x12\n\x0eUPSTREAM_ERROR\x10\x03\x12\x12\n\x0eINVALID_OUTPUT\x10\x04\x12\x0c\n\x08INTERNAL\x10\x05\x32\xc8\x01\n\x08\x45mbedder\x12\x36\n\x04Info\x12\x17.vsbench.v1.InfoRequest\x1a\x15.vsbench.v1.ModelInfo\x12<\n\x05\x45mbed\x12\x18.vsbench.v1.EmbedRequest\x1a\x19.vsbench.v1.EmbedResponse\x12\x46\n\x0b\x45mbedStream\x12\x18.vsbench.v1.EmbedRequest\x1a\x19.vsbench.v1.EmbedResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avsbench/v1/embedding.proto\x12\nvsbench.v1\"\r\n\x0bInfoRequest\"\x90\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x15\n\rpreprocessing\x18\x04 \x01(\t\x12\x12\n\nnormalized\x18\x05 \x01(\x08\x12\x10\n\x08revision\x18\x06 \x01(\t\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x33\n\x07\x64\x65tails\x18\t \x03(\x0b\x32\".vsbench.v1.ModelInfo.DetailsEntry\x12\x13\n\x0b\x66ingerprint\x18\n \x01(\t\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\tImageItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"m\n\x0c\x45mbedRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.vsbench.v1.ImageItem\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.vsbench.v1.InputRole\"A\n\tItemError\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.vsbench.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"b\n\x0f\x45mbeddingResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x06vector\x18\x02 \x01(\x0cH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.vsbench.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\x92\x01\n\x05Usage\x12\x15\n\rbilled_images\x18\x01 \x01(\r\x12\x15\n\rcached_images\x18\x02 \x01(\r\x12\x10\n\x08requests\x18\x03 \x01(\r\x12\x0f\n\x07retries\x18\x04 \x01(\r\x12\x14\n\x0crate_limited\x18\x05 \x01(\r\x12\x15\n\x08\x63ost_usd\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_cost_usd\"7\n\rBatchRejected\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"\xa0\x01\n\rEmbedResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.vsbench.v1.EmbeddingResult\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.vsbench.v1.Usage\x12+\n\x08rejected\x18\x04 \x01(\x0b\x32\x19.vsbench.v1.BatchRejected*V\n\tInputRole\x12\x1a\n\x16INPUT_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13INPUT_ROLE_DOCUMENT\x10\x01\x12\x14\n\x10INPUT_ROLE_QUERY\x10\x02*\x85\x01\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_IMAGE\x10\x01\x12\x13\n\x0fIMAGE_TOO_LARGE\x10\x02\x12\x12\n\x0eUPSTREAM_ERROR\x10\x03\x12\x12\n\x0eINVALID_OUTPUT\x10\x04\x12\x0c\n\x08INTERNAL\x10\x05\x32\xc8\x01\n\x08\x45mbedder\x12\x36\n\x04Info\x12\x17.vsbench.v1.InfoRequest\x1a\x15.vsbench.v1.ModelInfo\x12<\n\x05\x45mbed\x12\x18.vsbench.v1.EmbedRequest\x1a\x19.vsbench.v1.EmbedResponse\x12\x46\n\x0b\x45mbedStream\x12\x18.vsbench.v1.EmbedRequest\x1a\x19.vsbench.v1.EmbedResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_DETAILSENTRY']._loaded_options = None
   _globals['_MODELINFO_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_ERRORCODE']._serialized_start=982
-  _globals['_ERRORCODE']._serialized_end=1115
+  _globals['_INPUTROLE']._serialized_start=1018
+  _globals['_INPUTROLE']._serialized_end=1104
+  _globals['_ERRORCODE']._serialized_start=1107
+  _globals['_ERRORCODE']._serialized_end=1240
   _globals['_INFOREQUEST']._serialized_start=42
   _globals['_INFOREQUEST']._serialized_end=55
   _globals['_MODELINFO']._serialized_start=58
@@ -44,17 +46,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEITEM']._serialized_start=332
   _globals['_IMAGEITEM']._serialized_end=369
   _globals['_EMBEDREQUEST']._serialized_start=371
-  _globals['_EMBEDREQUEST']._serialized_end=443
-  _globals['_ITEMERROR']._serialized_start=445
-  _globals['_ITEMERROR']._serialized_end=510
-  _globals['_EMBEDDINGRESULT']._serialized_start=512
-  _globals['_EMBEDDINGRESULT']._serialized_end=610
-  _globals['_USAGE']._serialized_start=613
-  _globals['_USAGE']._serialized_end=759
-  _globals['_BATCHREJECTED']._serialized_start=761
-  _globals['_BATCHREJECTED']._serialized_end=816
-  _globals['_EMBEDRESPONSE']._serialized_start=819
-  _globals['_EMBEDRESPONSE']._serialized_end=979
-  _globals['_EMBEDDER']._serialized_start=1118
-  _globals['_EMBEDDER']._serialized_end=1318
+  _globals['_EMBEDREQUEST']._serialized_end=480
+  _globals['_ITEMERROR']._serialized_start=482
+  _globals['_ITEMERROR']._serialized_end=547
+  _globals['_EMBEDDINGRESULT']._serialized_start=549
+  _globals['_EMBEDDINGRESULT']._serialized_end=647
+  _globals['_USAGE']._serialized_start=650
+  _globals['_USAGE']._serialized_end=796
+  _globals['_BATCHREJECTED']._serialized_start=798
+  _globals['_BATCHREJECTED']._serialized_end=853
+  _globals['_EMBEDRESPONSE']._serialized_start=856
+  _globals['_EMBEDRESPONSE']._serialized_end=1016
+  _globals['_EMBEDDER']._serialized_start=1243
+  _globals['_EMBEDDER']._serialized_end=1443
 # @@protoc_insertion_point(module_scope)

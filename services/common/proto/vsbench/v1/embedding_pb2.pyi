@@ -22,6 +22,33 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _InputRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InputRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InputRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INPUT_ROLE_UNSPECIFIED: _InputRole.ValueType  # 0
+    """the server's configured default"""
+    INPUT_ROLE_DOCUMENT: _InputRole.ValueType  # 1
+    """a gallery / catalogue image"""
+    INPUT_ROLE_QUERY: _InputRole.ValueType  # 2
+    """a query image"""
+
+class InputRole(_InputRole, metaclass=_InputRoleEnumTypeWrapper):
+    """What the images of a request are to the caller: catalogue images (the gallery) or queries.
+    Vendors that embed the two differently (Cohere input_type, Voyage input_type, Jina task, Gemini
+    taskType) get the matching value; a model that does not distinguish them ignores the role.
+    """
+
+INPUT_ROLE_UNSPECIFIED: InputRole.ValueType  # 0
+"""the server's configured default"""
+INPUT_ROLE_DOCUMENT: InputRole.ValueType  # 1
+"""a gallery / catalogue image"""
+INPUT_ROLE_QUERY: InputRole.ValueType  # 2
+"""a query image"""
+Global___InputRole: _TypeAlias = InputRole  # noqa: Y015
+
 class _ErrorCode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -181,8 +208,10 @@ class EmbedRequest(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """echoed in the response (streams may answer out of order)"""
+    role: Global___InputRole.ValueType
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageItem]: ...
     def __init__(
@@ -190,10 +219,11 @@ class EmbedRequest(_message.Message):
         *,
         items: _abc.Iterable[Global___ImageItem] | None = ...,
         request_id: _builtins.str = ...,
+        role: Global___InputRole.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "request_id", b"request_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
