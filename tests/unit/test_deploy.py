@@ -33,7 +33,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-COMPOSE_CONFIGS = sorted((REPO / "deploy" / "compose").glob("*.yaml"))
+# The evaluator configs compose runs: its own, and the Table 3 recipe (profiles table3 + commercial).
+COMPOSE_CONFIGS = sorted((REPO / "deploy" / "compose").glob("*.yaml")) + [REPO / "configs" / "table3.yaml"]
+ALL_PROFILES = ("gpu", "table3", "commercial")
+TABLE3_EMBEDDERS = {"embedder-dinov3", "embedder-siglip2", "embedder-pecore", "embedder-jina", "embedder-nomic"}
+PROXIES = {"proxy-cohere", "proxy-vertex", "proxy-gemini"}
 DOCKER_DIR = REPO / "deploy" / "docker"
 DOCKERFILES = sorted(DOCKER_DIR.glob("Dockerfile.*"))
 SERVER_DOCKERFILES = [p for p in DOCKERFILES if p.name != "Dockerfile.evaluator"]
@@ -138,12 +142,15 @@ def test_compose_schema_check_catches_a_wrong_key():
     assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
 
 
-@pytest.mark.parametrize("profiles", [(), ("gpu",), ("commercial",), ("gpu", "commercial")])
+@pytest.mark.parametrize(
+    "profiles", [(), ("gpu",), ("commercial",), ("gpu", "commercial"), ("table3",), ("table3", "commercial")]
+)
 def test_compose_loads_with_docker_compose(profiles):
     services = _compose_rendered(*profiles)["services"]
     expected = {"qdrant", "embedder-lite0", "embedder-nsfw", "evaluator"}
-    expected |= {"embedder-dinov2"} if "gpu" in profiles else set()
-    expected |= {"proxy-cohere"} if "commercial" in profiles else set()
+    expected |= {"embedder-dinov2"} if {"gpu", "table3"} & set(profiles) else set()
+    expected |= TABLE3_EMBEDDERS if "table3" in profiles else set()
+    expected |= PROXIES if "commercial" in profiles else set()
     assert set(services) == expected
 
 
@@ -174,7 +181,7 @@ def _grpc_services(rendered: dict) -> dict[str, dict]:
 
 
 def test_every_long_running_service_has_a_health_check():
-    rendered = _compose_rendered("gpu", "commercial")
+    rendered = _compose_rendered(*ALL_PROFILES)
     for name, service in rendered["services"].items():
         if name == "evaluator":
             continue
@@ -183,7 +190,7 @@ def test_every_long_running_service_has_a_health_check():
 
 
 def test_grpc_health_checks_probe_the_port_the_server_listens_on():
-    for name, service in _grpc_services(_compose_rendered("gpu", "commercial")).items():
+    for name, service in _grpc_services(_compose_rendered(*ALL_PROFILES)).items():
         port = _flag(service["command"], "--port")
         assert _flag(service["command"], "--host") == "0.0.0.0", f"{name} must listen beyond loopback"
         test = service["healthcheck"]["test"]
@@ -192,18 +199,24 @@ def test_grpc_health_checks_probe_the_port_the_server_listens_on():
         assert str(port) in service["expose"], name
 
 
-def test_gpu_embedder_reserves_an_nvidia_gpu():
-    dinov2 = _compose_rendered("gpu")["services"]["embedder-dinov2"]
-    assert dinov2["profiles"] == ["gpu"]
-    devices = dinov2["deploy"]["resources"]["reservations"]["devices"]
+@pytest.mark.parametrize("name", sorted(TABLE3_EMBEDDERS | {"embedder-dinov2"}))
+def test_gpu_embedders_reserve_an_nvidia_gpu(name):
+    service = _compose_rendered("gpu", "table3")["services"][name]
+    assert service["profiles"] == (["gpu", "table3"] if name == "embedder-dinov2" else ["table3"])
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert _flag(dinov2["command"], "--device") == "cuda"
-    assert dinov2["image"].startswith("vsbench/embedder-cuda:")
-    assert dinov2["build"]["dockerfile"].endswith("Dockerfile.embedder-cuda")
+    assert _flag(service["command"], "--device") == "cuda"
+    assert service["image"].startswith("vsbench/embedder-cuda")
+    assert service["build"]["dockerfile"].endswith("Dockerfile.embedder-cuda")
+    # open_clip and colpali need torchvision: built into their own images by the extras
+    extras = (service["build"].get("args") or {}).get("EXTRAS", "embedder")
+    needs = {"embedder-pecore": "embedder,openclip", "embedder-nomic": "embedder,nomic"}.get(name, "embedder")
+    assert extras == needs
 
 
-def test_api_proxy_keys_come_from_the_git_ignored_env_file():
-    raw = _compose_raw()["services"]["proxy-cohere"]
+@pytest.mark.parametrize("name", sorted(PROXIES))
+def test_api_proxy_keys_come_from_the_git_ignored_env_file(name):
+    raw = _compose_raw()["services"][name]
     assert raw["profiles"] == ["commercial"]
     assert raw["env_file"] == "deploy/secrets/proxy.env"
     assert "environment" not in raw
@@ -212,8 +225,8 @@ def test_api_proxy_keys_come_from_the_git_ignored_env_file():
     tracked = subprocess.run(["git", "check-ignore", "-q", "deploy/secrets/proxy.env.example"], cwd=REPO)
     assert tracked.returncode == 1, "the example env file must stay committable"
     # and the file reaches the container through compose, not the image
-    rendered = _compose_rendered("commercial")["services"]["proxy-cohere"]
-    assert "CO_API_KEY" in rendered["environment"]
+    rendered = _compose_rendered("commercial")["services"][name]
+    assert "CO_API_KEY" in rendered["environment"] and "GEMINI_API_KEY" in rendered["environment"]
 
 
 def test_the_env_file_example_holds_no_values():
@@ -248,8 +261,8 @@ def test_no_literal_secrets_anywhere_in_deploy():
         match = SECRET_VALUE.search(text)
         where = path.relative_to(REPO)
         assert match is None, f"{where} holds what looks like a credential: {match.group(0)[:8]}..."
-    for name, service in _compose_rendered("gpu", "commercial")["services"].items():
-        if name == "proxy-cohere":
+    for name, service in _compose_rendered(*ALL_PROFILES)["services"].items():
+        if name in PROXIES:
             continue  # its environment is the env file's, rendered from the empty example here
         for variable, value in (service.get("environment") or {}).items():
             assert not (SECRET_NAME.search(variable) and value), f"{name}: literal {variable}"
@@ -265,7 +278,7 @@ def test_no_literal_secrets_anywhere_in_deploy():
 
 # ---- the evaluator configs against compose ----------------------------------------------------------
 def _profiles_needed(config: dict) -> tuple[str, ...]:
-    rendered_all = _compose_rendered("gpu", "commercial")["services"]
+    rendered_all = _compose_rendered(*ALL_PROFILES)["services"]
     needed = set()
     for model in config["models"]:
         host, _ = _host_port(model["server"])
@@ -279,7 +292,7 @@ def test_evaluator_config_is_a_valid_run_spec(config_path):
 
     spec = RunSpec.model_validate(yaml.safe_load(config_path.read_text()))
     assert spec.store.kind == "qdrant-server"
-    assert str(spec.results_dir) == "/results"
+    assert str(spec.results_dir).startswith("/results")
     for dataset in spec.datasets:
         # Read-only data comes from the /datasets mount; the quickstart set is built at run time, so
         # it needs the writable tmpfs of the read-only evaluator container.
@@ -308,7 +321,7 @@ def test_every_server_the_evaluator_names_is_a_compose_service_on_that_port(conf
 def test_default_config_needs_no_profile_and_optional_services_are_optional():
     default = yaml.safe_load((REPO / "deploy" / "compose" / "evaluator.yaml").read_text())
     assert _profiles_needed(default) == ()
-    services = _compose_rendered("gpu", "commercial")["services"]
+    services = _compose_rendered(*ALL_PROFILES)["services"]
     for name, condition in services["evaluator"]["depends_on"].items():
         profiled = bool(services[name].get("profiles"))
         # a dependency in an inactive profile must not stop `docker compose up`

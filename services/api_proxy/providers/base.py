@@ -42,7 +42,7 @@ class RateDefaults:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class VendorModel:
     name: str
     dims: tuple[int, ...]
     default_dim: int
@@ -88,7 +88,7 @@ class ProviderContext:
 class Provider(ABC):
     name: ClassVar[str]
     default_base_url: ClassVar[str]
-    models: ClassVar[Mapping[str, ModelSpec]]
+    models: ClassVar[Mapping[str, VendorModel]]
     # Vendor SDK variable names, in the order their SDKs look them up.
     key_variables: ClassVar[tuple[str, ...]] = ()
     retry_statuses: ClassVar[frozenset[int]] = DEFAULT_RETRY_STATUSES
@@ -100,7 +100,7 @@ class Provider(ABC):
     role_values: ClassVar[Mapping[str, str | None]] = {"none": None}
     default_role: ClassVar[str] = "none"
 
-    def __init__(self, spec: ModelSpec, dim: int, base_url: str, auth: Auth, role: str | None = None) -> None:
+    def __init__(self, spec: VendorModel, dim: int, base_url: str, auth: Auth, role: str | None = None) -> None:
         self.spec = spec
         self.dim = spec.check_dim(dim)
         self.base_url = base_url.rstrip("/")
@@ -150,7 +150,7 @@ class Provider(ABC):
         return f"input role {self.role}: {self.role_field}={value}"
 
     @classmethod
-    def spec_for(cls, model: str) -> ModelSpec:
+    def spec_for(cls, model: str) -> VendorModel:
         try:
             return cls.models[model]
         except KeyError:

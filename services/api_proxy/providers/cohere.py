@@ -7,11 +7,11 @@ from typing import Any, Sequence
 from services.api_proxy.credentials import HttpCall
 from services.api_proxy.images import ImageLimits, PreparedImage
 from services.api_proxy.providers.base import (
-    ModelSpec, Parsed, Provider, RateDefaults, data_uri, require,
+    VendorModel, Parsed, Provider, RateDefaults, data_uri, require,
 )
 from services.api_proxy.usage import Price
 
-EMBED_V4 = ModelSpec(
+EMBED_V4 = VendorModel(
     name="embed-v4.0",
     dims=(1536, 1024, 512, 256),
     default_dim=1536,

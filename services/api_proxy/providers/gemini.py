@@ -13,9 +13,9 @@ import httpx
 from services.api_proxy.credentials import Auth, HeaderKeyAuth, HttpCall
 from services.api_proxy.images import ImageLimits, PreparedImage
 from services.api_proxy.providers._google import retry_info_delay
-from services.api_proxy.providers.base import ModelSpec, Parsed, Provider, RateDefaults, b64, require
+from services.api_proxy.providers.base import VendorModel, Parsed, Provider, RateDefaults, b64, require
 
-EMBEDDING_2 = ModelSpec(
+EMBEDDING_2 = VendorModel(
     name="gemini-embedding-2",
     dims=(3072, 1536, 768),
     default_dim=3072,

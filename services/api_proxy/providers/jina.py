@@ -7,10 +7,10 @@ from typing import Any, Sequence
 from services.api_proxy.credentials import HttpCall
 from services.api_proxy.images import ImageLimits, PreparedImage
 from services.api_proxy.providers.base import (
-    ModelSpec, Parsed, Provider, RateDefaults, b64, require, vectors_by_index,
+    VendorModel, Parsed, Provider, RateDefaults, b64, require, vectors_by_index,
 )
 
-JINA_V4 = ModelSpec(
+JINA_V4 = VendorModel(
     name="jina-embeddings-v4",
     dims=(2048, 1024, 512, 256, 128),
     default_dim=2048,

@@ -8,11 +8,11 @@ from urllib.parse import quote
 from services.api_proxy.credentials import AwsSigV4Auth, HttpCall
 from services.api_proxy.images import ImageLimits, PreparedImage
 from services.api_proxy.providers.base import (
-    ModelSpec, Parsed, Provider, ProviderContext, RateDefaults, b64, require,
+    VendorModel, Parsed, Provider, ProviderContext, RateDefaults, b64, require,
 )
 from services.api_proxy.usage import Price
 
-TITAN_IMAGE_V1 = ModelSpec(
+TITAN_IMAGE_V1 = VendorModel(
     name="amazon.titan-embed-image-v1",
     dims=(1024, 384, 256),
     default_dim=1024,

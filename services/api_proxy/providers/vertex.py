@@ -10,11 +10,11 @@ from services.api_proxy.credentials import Auth, GoogleBearerAuth, HttpCall, goo
 from services.api_proxy.images import ImageLimits, PreparedImage
 from services.api_proxy.providers._google import retry_info_delay
 from services.api_proxy.providers.base import (
-    ModelSpec, Parsed, Provider, ProviderContext, RateDefaults, b64, require,
+    VendorModel, Parsed, Provider, ProviderContext, RateDefaults, b64, require,
 )
 from services.api_proxy.usage import Price
 
-MULTIMODAL_001 = ModelSpec(
+MULTIMODAL_001 = VendorModel(
     name="multimodalembedding@001",
     dims=(1408, 512, 256, 128),
     default_dim=1408,
@@ -35,7 +35,7 @@ class VertexProvider(Provider):
     models = {MULTIMODAL_001.name: MULTIMODAL_001}
     api_version = "v1/predict"  # multimodalembedding@001 has no input role for images
 
-    def __init__(self, spec: ModelSpec, dim: int, base_url: str, auth: Auth, project: str, location: str,
+    def __init__(self, spec: VendorModel, dim: int, base_url: str, auth: Auth, project: str, location: str,
                  role: str | None = None) -> None:
         super().__init__(spec, dim, base_url, auth, role)
         self.project = project

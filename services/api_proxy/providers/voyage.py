@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from services.api_proxy.credentials import HttpCall
 from services.api_proxy.images import ImageLimits, PreparedImage
 from services.api_proxy.providers.base import (
-    ModelSpec, Parsed, Provider, RateDefaults, data_uri, require, vectors_by_index,
+    VendorModel, Parsed, Provider, RateDefaults, data_uri, require, vectors_by_index,
 )
 from services.api_proxy.usage import Price
 
@@ -19,11 +19,11 @@ _IMAGES = ImageLimits(
 _LIMITS = RateDefaults(requests_per_minute=2000, images_per_minute=1000, concurrency=8)
 _PRICE = Price("tokens", 0.12e-6, "voyageai.com pricing: $0.12 per 1M tokens; verify")
 
-MULTIMODAL_3_5 = ModelSpec(
+MULTIMODAL_3_5 = VendorModel(
     name="voyage-multimodal-3.5", dims=(1024, 256, 512, 2048), default_dim=1024, max_batch=128,
     images=_IMAGES, limits=_LIMITS, price=_PRICE, normalized_dims=frozenset({256, 512, 1024, 2048}),
 )
-MULTIMODAL_3 = ModelSpec(
+MULTIMODAL_3 = VendorModel(
     name="voyage-multimodal-3", dims=(1024,), default_dim=1024, max_batch=128,
     images=_IMAGES, limits=_LIMITS, price=_PRICE, normalized_dims=frozenset({1024}),
 )
