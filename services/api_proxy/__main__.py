@@ -15,8 +15,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from services.api_proxy.credentials import CredentialsError, RedactingFilter
+from services.api_proxy.credentials import RedactingFilter
 from services.api_proxy.providers.registry import PROVIDERS
+from services.common.errors import VsbenchError
 from services.api_proxy.settings import ProxySettings
 
 # flag -> (settings field, type, help)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model = ProxyModel.from_settings(settings)
-    except (CredentialsError, ValueError, OSError) as exc:
+    except VsbenchError as exc:  # credentials, provider, model, price table: one line, no traceback
         print(f"api_proxy: {exc}", file=sys.stderr)
         return 2
     for handler in logging.getLogger().handlers:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         asyncio.run(_serve(settings, model))
-    except (OSError, ValueError) as exc:  # port taken, unreadable TLS/token file: no traceback
+    except VsbenchError as exc:  # port taken, unreadable TLS/token file: no traceback
         print(f"api_proxy: {model.redactor(str(exc))}", file=sys.stderr)
         return 1
     return 0

@@ -20,6 +20,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
+from services.common.errors import ConfigError
 
 DEFAULT_JITTER_S = 0.5
 
@@ -34,13 +35,13 @@ class TokenBucket:
         start_full: bool = False,
     ) -> None:
         if not 0 < burst_seconds < 60:
-            raise ValueError("burst_seconds must be in (0, 60)")
+            raise ConfigError("burst_seconds must be in (0, 60)")
         if jitter_s < 0:
-            raise ValueError("jitter_s must be >= 0")
+            raise ConfigError("jitter_s must be >= 0")
         self.per_minute = float(per_minute)
         self.capacity = max(1.0, self.per_minute * burst_seconds / 60.0)
         if self.per_minute <= self.capacity:
-            raise ValueError(f"a limit of {per_minute:g}/min is below one burst of {self.capacity:g}")
+            raise ConfigError(f"a limit of {per_minute:g}/min is below one burst of {self.capacity:g}")
         self.rate = (self.per_minute - self.capacity) / (60.0 + jitter_s)
         self._clock = clock
         self._tokens = self.capacity if start_full else 0.0

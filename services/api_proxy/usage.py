@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+from services.common.errors import ConfigError
 
 USAGE_DETAILS_KEY = "lifetime_usage"
 USAGE_SCHEMA = "vsbench.proxy.usage/1"
@@ -39,17 +40,17 @@ def load_price_table(path: Path) -> dict[str, Price]:
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"price table {path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"price table {path}: not valid YAML: {exc}") from None
     else:
         raw = json.loads(text)
     if not isinstance(raw, dict):
-        raise ValueError(f"price table {path}: expected a mapping of 'provider/model' to prices")
+        raise ConfigError(f"price table {path}: expected a mapping of 'provider/model' to prices")
     table = {}
     for key, entry in raw.items():
         try:
             table[key] = Price(str(entry["unit"]), float(entry["usd_per_unit"]), str(entry.get("source", path)))
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"price table {path}: entry {key!r} needs 'unit' and numeric 'usd_per_unit'") from None
+            raise ConfigError(f"price table {path}: entry {key!r} needs 'unit' and numeric 'usd_per_unit'") from None
     return table
 
 

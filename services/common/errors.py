@@ -10,3 +10,11 @@ from __future__ import annotations
 
 class VsbenchError(Exception):
     """A problem the user can act on; its message is the whole story (no traceback needed)."""
+
+
+class ConfigError(VsbenchError, ValueError):
+    """A setting, option or file named in the configuration that cannot be used as given."""
+
+
+class ServeError(VsbenchError, OSError):
+    """A server cannot start serving (the address is taken, a TLS file is unreadable)."""

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.errors import ConfigError, ServeError
 from services.common.proto.vsbench.v1 import embedding_pb2 as pb
 from services.common.proto.vsbench.v1 import embedding_pb2_grpc as pb_grpc
 from services.common.servicer import AsyncEmbedder, EmbeddingServicer
@@ -64,13 +65,13 @@ def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | No
     if settings.tls_cert is None and settings.tls_key is None:
         return None
     if settings.tls_cert is None or settings.tls_key is None:
-        raise ValueError("TLS needs both tls_cert and tls_key")
-    root = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-        root_certificates=root,
-        require_client_auth=root is not None,
-    )
+        raise ConfigError("TLS needs both tls_cert and tls_key")
+    try:
+        root = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+        pair = (settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from None
+    return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
 
 
 @dataclass
@@ -142,9 +143,9 @@ async def _start_server(
     try:
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc reports "address in use" as RuntimeError
-        raise OSError(f"could not bind {address}: {exc}") from None
+        raise ServeError(f"could not bind {address}: {exc}") from None
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise ServeError(f"could not bind {address}")
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from services.common.errors import ConfigError
 
 # gRPC's 4 MiB default is smaller than a batch of 64 product photos of ~67 KB plus overhead.
 DEFAULT_MAX_MESSAGE_MB = 64
@@ -36,8 +37,11 @@ class ServerSettings(BaseSettings):
         if self.auth_token is not None:
             return self.auth_token.get_secret_value()
         if self.auth_token_file is not None:
-            token = self.auth_token_file.read_text().strip()
+            try:
+                token = self.auth_token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read auth_token_file: {exc}") from None
             if not token:  # an unmounted secret must not silently turn auth off
-                raise ValueError(f"auth_token_file {self.auth_token_file} is empty")
+                raise ConfigError(f"auth_token_file {self.auth_token_file} is empty")
             return token
         return None

@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         asyncio.run(serve(embedder, settings))
-    except (OSError, ValueError) as exc:  # port taken, unreadable TLS/token file: no traceback
+    except VsbenchError as exc:  # port taken, unreadable TLS/token file: no traceback
         log.error("cannot serve %r: %s", settings.model, exc)
         return 1
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from services.common.errors import ConfigError
 from services.common.errors import VsbenchError
 from services.evaluator.clients.base import EmbeddingClient
 from services.evaluator.config import DatasetEntry, ModelEntry, RunSpec, StoreEntry
@@ -18,10 +19,6 @@ from services.evaluator.datasets.base import Dataset, Split
 from services.evaluator.pipeline import Evaluation, EvaluationOptions, RunOutcome
 
 DEFAULT_STORE_PATH = Path(".vsbench") / "qdrant"
-
-
-class ConfigError(VsbenchError, ValueError):
-    """A run config that cannot be carried out as written (e.g. an unset token variable)."""
 
 
 def open_vector_store(spec: StoreEntry, results_dir: Path):

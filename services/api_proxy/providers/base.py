@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import httpx
 
+from services.common.errors import ConfigError
 from services.api_proxy.credentials import Auth, HeaderKeyAuth, HttpCall, read_secret
 from services.api_proxy.images import ImageLimits, PreparedImage
 from services.api_proxy.usage import Price
@@ -62,7 +63,7 @@ class VendorModel:
         allowed = ", ".join(map(str, self.dims))
         if self.dim_range:
             allowed += f" or {self.dim_range[0]}..{self.dim_range[1]}"
-        raise ValueError(f"{self.name} does not offer dimension {dim} (allowed: {allowed})")
+        raise ConfigError(f"{self.name} does not offer dimension {dim} (allowed: {allowed})")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Provider(ABC):
         if role not in cls.role_values:
             offered = ", ".join(cls.role_values)
             where = f" (sent as {cls.role_field})" if cls.role_field else " (it has no role field)"
-            raise ValueError(f"{cls.name} offers input roles {offered}{where}, not {role!r}")
+            raise ConfigError(f"{cls.name} offers input roles {offered}{where}, not {role!r}")
         return role
 
     @property
@@ -154,7 +155,7 @@ class Provider(ABC):
         try:
             return cls.models[model]
         except KeyError:
-            raise ValueError(
+            raise ConfigError(
                 f"{cls.name} has no model {model!r} (known: {', '.join(cls.models)})"
             ) from None
 

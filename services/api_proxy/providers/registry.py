@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.common.errors import ConfigError
 from services.api_proxy.providers.base import Provider
 from services.api_proxy.providers.cohere import CohereProvider
 from services.api_proxy.providers.gemini import GeminiProvider
@@ -20,7 +21,7 @@ def provider_class(name: str) -> type[Provider]:
     try:
         return PROVIDERS[name]
     except KeyError:
-        raise ValueError(f"unknown provider {name!r} (known: {', '.join(PROVIDERS)})") from None
+        raise ConfigError(f"unknown provider {name!r} (known: {', '.join(PROVIDERS)})") from None
 
 
 def default_model(name: str) -> str:

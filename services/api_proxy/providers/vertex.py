@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import httpx
 
+from services.common.errors import ConfigError
 from services.api_proxy.credentials import Auth, GoogleBearerAuth, HttpCall, google_token_source
 from services.api_proxy.images import ImageLimits, PreparedImage
 from services.api_proxy.providers._google import retry_info_delay
@@ -47,7 +48,7 @@ class VertexProvider(Provider):
         env = ctx.environ
         project = ctx.options.get("project") or env.get("GOOGLE_CLOUD_PROJECT") or env.get("CLOUDSDK_CORE_PROJECT")
         if not project:
-            raise ValueError("Vertex needs a project: --project or GOOGLE_CLOUD_PROJECT")
+            raise ConfigError("Vertex needs a project: --project or GOOGLE_CLOUD_PROJECT")
         location = ctx.options.get("location") or env.get("GOOGLE_CLOUD_LOCATION") or DEFAULT_LOCATION
         auth = GoogleBearerAuth(google_token_source(env, ctx.secret_file))
         base_url = ctx.base_url or cls.default_base_url.format(location=location)
