@@ -21,6 +21,7 @@ from services.evaluator.scoring import score_topk
 from services.evaluator.search import TopK, exact_topk, l2_normalize
 
 RESCORE_DEPTH = 100
+RESCORE_BLOCK_BYTES = 256 * 1024 * 1024
 QUANTIZATIONS = ("float16", "int8", "binary")
 
 
@@ -66,7 +67,12 @@ def rescore(candidates: TopK, queries: np.ndarray, gallery: np.ndarray, depth: i
     idx = candidates.indices
     valid = idx >= 0
     safe = np.where(valid, idx, 0)
-    scores = np.einsum("qd,qkd->qk", queries, gallery[safe]).astype(np.float32)
+    scores = np.empty(idx.shape, dtype=np.float32)
+    # Blocks of queries: the gathered candidates are (queries x depth x dim) floats.
+    rows = max(1, RESCORE_BLOCK_BYTES // max(1, 4 * idx.shape[1] * gallery.shape[1]))
+    for start in range(0, len(idx), rows):
+        block = slice(start, start + rows)
+        scores[block] = np.einsum("qd,qkd->qk", queries[block], gallery[safe[block]])
     scores = np.where(valid, scores, -np.inf).astype(np.float32)
     sort_index = np.where(valid, idx, np.iinfo(np.int64).max)
     order = np.lexsort((sort_index, -scores.astype(np.float64)), axis=1)[:, :depth]
