@@ -108,3 +108,18 @@ def test_table_view_errors_are_one_line(scored):
     assert done.returncode == 2 and done.stderr.startswith("error: --view takes")
     done = vsbench("table", str(scored / "runs"), "--view", "scaling", "--format", "latex")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+def test_asked_but_inapplicable_analyses_say_why(tmp_path):
+    rng = np.random.default_rng(3)
+    vectors = np.repeat(rng.standard_normal((10, 16)), 2, axis=0) + 0.1 * rng.standard_normal((20, 16))
+    save(tmp_path / "g.npz", vectors, [f"i{i}" for i in range(20)], [f"p{i // 2}" for i in range(20)])
+    done = vsbench("score", "--gallery", str(tmp_path / "g.npz"), "--open-set", "--scaling",
+                   "--out", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
+    analyses = json.loads((tmp_path / "r.json").read_text())["analyses"]
+    assert analyses["open_set"] is None and analyses["scaling"] is None
+    assert analyses["skipped"] == {
+        "open_set": "no out-of-catalog query (every query's product is in the gallery)",
+        "scaling": "the gallery holds no distractors (a closed gallery)",
+    }
