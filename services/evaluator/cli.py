@@ -86,10 +86,23 @@ def score(
     model_name: Optional[str] = typer.Option(None, "--model", help="model name in the record (default: gallery file name)"),
     unanswerable_as_miss: bool = typer.Option(False, help="score queries without relevant items as misses"),
     engine: str = typer.Option("auto", help="search engine: auto (torch if installed), torch, numpy"),
+    open_set: Optional[bool] = typer.Option(
+        None, "--open-set/--no-open-set",
+        help="open-set rejection figures (default: whenever out-of-catalog queries exist)",
+    ),
+    scaling: bool = typer.Option(False, "--scaling", help="metrics vs number of distractors (open galleries)"),
+    compression: bool = typer.Option(
+        False, "--compression", help="truncation / float16 / int8 / binary (+ Qdrant's quantization) sweep"
+    ),
+    target_precision: float = typer.Option(
+        0.95, "--target-precision", min=0.0, max=1.0, help="open set: precision the recommended threshold aims at"
+    ),
 ) -> None:
     """Score precomputed embeddings (exact search, Recall@K and mAP@K, in percent).
 
-    Writes a run record that `vsbench table` and `vsbench report` read."""
+    Writes a run record that `vsbench table` and `vsbench report` read; --open-set, --scaling and
+    --compression add the decision analytics (docs/analytics.md)."""
+    from services.evaluator.analytics.analyses import AnalysisOptions
     from services.evaluator.pipeline import Evaluation, EvaluationOptions
     from services.evaluator.precomputed import open_npz_inputs
 
@@ -99,7 +112,9 @@ def score(
         _fail(f"{out} already exists; results are never overwritten")
     inputs = open_npz_inputs(gallery, queries, dataset_name=dataset_name, model_name=model_name)
     options = EvaluationOptions(
-        recall_k=recall_k, map_k=map_ks, engine=engine, unanswerable_as_miss=unanswerable_as_miss, show_progress=False
+        recall_k=recall_k, map_k=map_ks, engine=engine, unanswerable_as_miss=unanswerable_as_miss, show_progress=False,
+        analyses=AnalysisOptions(open_set=open_set, scaling=scaling, compression=compression,
+                                 target_precision=target_precision),
     )
     try:
         outcome = Evaluation(inputs.store, out.parent, options).run(
@@ -236,12 +251,20 @@ def table(
         None, "--against",
         help="'published' (the report's Table 3, shipped) or a CSV of published values: reproduced, published, delta",
     ),
+    view: str = typer.Option(
+        "leaderboard", "--view", help="leaderboard, or an analysis: open-set, scaling, compression, pareto"
+    ),
 ) -> None:
-    """The report's Table 3: models x datasets, R@1 / R@5 / mAP@20, with the average over common datasets."""
-    from services.evaluator.results import load_results
-    from services.evaluator.tables import render_table
+    """The report's Table 3: models x datasets, R@1 / R@5 / mAP@20, with the average over common datasets.
 
-    runs = [run for run in load_results(results_dir, on_skip=_skipped) if run.ok]
+    --view prints an analysis instead (docs/analytics.md)."""
+    from services.evaluator.results import load_results
+    from services.evaluator.tables import ANALYSIS_VIEWS, render_analysis_view, render_table
+
+    if view != "leaderboard" and view not in ANALYSIS_VIEWS:
+        _fail(f"--view takes leaderboard, {', '.join(ANALYSIS_VIEWS)}; got {view!r}")
+    # The Pareto view also reads older runs (a run that reused stored vectors measured no throughput).
+    runs = [run for run in load_results(results_dir, latest_only=view != "pareto", on_skip=_skipped) if run.ok]
     if not runs:
         _fail(f"no vsbench run records with metrics under {results_dir}")
     if against is not None:
@@ -250,7 +273,7 @@ def table(
         published = load_published(None if against == "published" else Path(against))
         text = render_comparisons(comparisons_for_runs(runs, published), fmt)
     else:
-        text = render_table(runs, fmt)
+        text = render_table(runs, fmt) if view == "leaderboard" else render_analysis_view(runs, view, fmt)
     if out:
         out.write_text(text)
         console.print(f"wrote {out}")

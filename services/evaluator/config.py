@@ -90,6 +90,26 @@ class ShardEntry(BaseModel):
         return self
 
 
+class AnalysesEntry(BaseModel):
+    """`analyses:` of a run config: the decision analytics each run computes (docs/analytics.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    open_set: bool | None = Field(None, description="null: whenever out-of-catalog queries exist")
+    scaling: bool = False
+    compression: bool = False
+    qdrant_quantization: bool = Field(True, description="with compression: also Qdrant's own quantization")
+    target_precision: float = Field(0.95, gt=0.0, le=1.0)
+    repetitions: int = Field(5, ge=3, description="random distractor subsets per scaling size")
+    seed: int = 0
+
+    def options(self):
+        """The evaluation loop's AnalysisOptions."""
+        from services.evaluator.analytics.analyses import AnalysisOptions
+
+        return AnalysisOptions(**self.model_dump())
+
+
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -104,6 +124,7 @@ class RunSpec(BaseModel):
     datasets: list[DatasetEntry]
     models: list[ModelEntry]
     shard: ShardEntry = Field(default_factory=ShardEntry)
+    analyses: AnalysesEntry = Field(default_factory=AnalysesEntry)
 
     @field_validator("k", "map_k")
     @classmethod

@@ -18,6 +18,7 @@ import numpy as np
 
 from services.common.types import CallUsage, ErrorCode, ImageItem, InputRole, ModelInfo
 from services.common.vectors import UnusableVector, unit_vector
+from services.evaluator.analytics.analyses import AnalysisOptions, run_analyses
 from services.evaluator.clients.base import EmbeddingClient, EmbeddingServiceError
 from services.evaluator.datasets.base import Dataset, ImageRecord, Setup, Split
 from services.evaluator.record import (
@@ -51,6 +52,8 @@ class EvaluationOptions:
     show_progress: bool = True
     # Replace a collection whose vectors came from another model fingerprint (else: refuse).
     reembed: bool = False
+    # Decision analytics (open-set, scaling, compression) into the record's `analyses`.
+    analyses: AnalysisOptions = field(default_factory=AnalysisOptions)
 
 
 @dataclass
@@ -379,9 +382,12 @@ class Evaluation:
             setup=dataset.setup.value, gallery_type=dataset.gallery_type.value, recall_k=opts.recall_k,
             map_k=opts.map_k, search=search_desc, unanswerable_as_miss=opts.unanswerable_as_miss,
         ))
+        analyses = _analyses(
+            self, collection, gallery, topk, scores, query_codes, gallery_codes, exclude, query_vectors, timings
+        )
         record = record.model_copy(update={
             "protocol": protocol, "metrics": scores.metrics, "queries": queries_counts,
-            "gallery": gallery_counts, "timings": timings,
+            "gallery": gallery_counts, "timings": timings, "analyses": analyses,
         })
         outcomes = iter_outcomes(
             scores, topk, [r.image_id for r in queries], [r.product_id for r in queries],
@@ -412,6 +418,24 @@ class Evaluation:
                 indices[row, col] = position[hit.image_id]
                 scores[row, col] = hit.score
         return TopK(indices=indices, scores=scores)
+
+
+def _analyses(evaluation, collection, gallery, topk, scores, query_codes, gallery_codes, exclude, query_vectors, timings):
+    """The record's `analyses` block (services/evaluator/analytics) from this run's ranking and
+    stored vectors; its seconds go into timings["analyses_s"]."""
+    opts = evaluation.options
+    started = time.perf_counter()
+    analyses = run_analyses(
+        opts.analyses, topk=topk, scores=scores, query_codes=query_codes, gallery_codes=gallery_codes,
+        exclude=exclude, query_vectors=query_vectors,
+        gallery_vectors=lambda: l2_normalize(
+            evaluation._fetch_all(collection, [r.image_id for r in gallery], query_vectors.shape[1])
+        ),
+        recall_k=opts.recall_k, map_k=opts.map_k, unanswerable_as_miss=opts.unanswerable_as_miss, engine=opts.engine,
+    )
+    if analyses is not None:
+        timings["analyses_s"] = round(time.perf_counter() - started, 4)
+    return analyses
 
 
 def normalized_vector(vector: np.ndarray | None, dim: int) -> tuple[np.ndarray | None, str | None]:

@@ -122,6 +122,108 @@ class UsageRecord(_Strict):
     cost_usd: float | None = Field(None, description="null where the service knows no price")
 
 
+# ---- decision analytics (services/evaluator/analytics, docs/analytics.md) ---------------------
+
+
+class RocPoint(_Strict):
+    threshold: float | None = Field(description="accept when the top-1 score > threshold; null = -inf (accept all)")
+    far: float | None = Field(description="% of out-of-catalog queries accepted")
+    tpr: float | None = Field(description="% of in-catalog queries accepted")
+    dir: float | None = Field(description="% of in-catalog queries accepted with a correct top-1")
+
+
+class AccuracyRejectionPoint(_Strict):
+    threshold: float | None
+    coverage: float | None = Field(description="% of all queries answered")
+    precision: float | None = Field(description="% of answered queries whose top-1 is correct")
+
+
+class ThresholdRecommendation(_Strict):
+    target_precision: float | None = Field(description="%")
+    threshold: float | None = Field(description="null: no threshold reaches the target, or accept_all")
+    accept_all: bool = False
+    precision: float | None = Field(description="% on all queries at the threshold")
+    coverage: float | None
+    cv_precision: float | None = Field(description="% pooled over held-out folds, each at its own threshold")
+    cv_coverage: float | None
+    folds: int
+    seed: int
+
+
+class OpenSetAnalysis(_Strict):
+    score: str
+    in_catalog: int
+    out_of_catalog: int
+    auroc: float | None = Field(description="%, ties count 1/2")
+    dir_at_far: dict[str, float | None] = Field(description='FAR ("0.01", "0.05", "0.1") -> best DIR in %')
+    dir_thresholds: dict[str, float | None]
+    closed_set_top1: float | None = Field(description="% of in-catalog queries with a correct top-1")
+    recommendation: ThresholdRecommendation
+    roc: list[RocPoint]
+    accuracy_rejection: list[AccuracyRejectionPoint]
+
+
+class MetricSpread(_Strict):
+    min: float
+    max: float
+    std: float
+
+
+class ScalingPoint(_Strict):
+    distractors: int
+    subsets: int
+    metrics: dict[str, float | None] = Field(description="% mean over the subsets")
+    spread: dict[str, MetricSpread | None]
+
+
+class ScalingExtrapolation(_Strict):
+    distractors: int
+    value: float
+
+
+class ScalingFit(_Strict):
+    metric: str
+    form: str
+    intercept: float
+    slope: float
+    fitted_on: list[int]
+    extrapolation: ScalingExtrapolation = Field(description="the fitted line at 10x the distractors: not a measurement")
+
+
+class ScalingAnalysis(_Strict):
+    method: str
+    seed: int
+    repetitions: int
+    ranking_depth: int
+    points: list[ScalingPoint]
+    fit: ScalingFit | None = None
+
+
+class CompressionRow(_Strict):
+    dims: int
+    quantization: str = Field(description="float32 / float16 / int8 / binary, or qdrant-scalar / qdrant-binary / qdrant-product")
+    rescore: bool
+    rescore_depth: int | None = None
+    bytes_per_vector: float | None
+    engine: str = Field(description="vsbench (numpy/torch over the stored vectors) or qdrant-edge / qdrant-local")
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    note: str = Field("", description="why a row has no metrics, or what it approximates")
+
+
+class CompressionAnalysis(_Strict):
+    method: str
+    rows: list[CompressionRow]
+
+
+class Analyses(_Strict):
+    """Decision analytics computed from this run's stored vectors and ranking (docs/analytics.md)."""
+
+    open_set: OpenSetAnalysis | None = None
+    scaling: ScalingAnalysis | None = None
+    compression: CompressionAnalysis | None = None
+    skipped: dict[str, str] = Field(default_factory=dict, description="analysis -> why it was asked for but not computed")
+
+
 class RunRecord(_Strict):
     schema_id: str = Field(SCHEMA_ID, alias="schema")
     run_id: str
@@ -144,6 +246,7 @@ class RunRecord(_Strict):
         None, description="a second query set's metrics and counts (ILIAS text-to-image queries)"
     )
     per_query_file: str | None = None
+    analyses: Analyses | None = Field(None, description="open-set rejection, gallery scaling, compression (docs/analytics.md)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

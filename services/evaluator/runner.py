@@ -86,6 +86,7 @@ def run_spec(
     base = EvaluationOptions(
         recall_k=spec.k, map_k=spec.map_k, search=spec.search, reembed=spec.reembed,
         unanswerable_as_miss=spec.unanswerable_as_miss, show_progress=show_progress,
+        analyses=spec.analyses.options(),
     )
     store = open_vector_store(spec.store, spec.results_dir)
     outcomes: list[RunOutcome] = []

@@ -340,3 +340,14 @@ def render_table(runs: Iterable[RunResult], fmt: str = "markdown", precision: in
     if renderer is None:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(RENDERERS)}")
     return renderer(build_leaderboard(runs), precision)
+
+
+# The decision analytics' views (services/evaluator/analytics/views.py), beside Table 3.
+ANALYSIS_VIEWS = ("open-set", "scaling", "compression", "pareto")
+
+
+def render_analysis_view(runs: Iterable[RunResult], view: str, fmt: str = "markdown") -> str:
+    """One analysis as a table ("markdown" or "csv"); ViewError when no record holds it."""
+    from services.evaluator.analytics.views import render_view
+
+    return render_view(list(runs), view, fmt)

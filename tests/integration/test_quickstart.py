@@ -40,6 +40,19 @@ def test_quickstart_small(tmp_path):
         assert 100 * np.mean([o.ap["20"] for o in outcomes]) == pytest.approx(run.metrics["map@20"], abs=1e-3)
         assert run.data["timings"]["images_embedded"] > 0
     assert (out / "report" / "index.html").is_file()
+    # the four analyses on real photos: the open set's held-out products are real out-of-catalog queries
+    for model in ("efficientnet-lite0", "open-nsfw", "histogram"):
+        analyses = by["quickstart-open", model].data["analyses"]
+        assert analyses["open_set"]["out_of_catalog"] > 0 and analyses["open_set"]["auroc"] is not None
+        points = analyses["scaling"]["points"]
+        assert points[-1]["metrics"] == by["quickstart-open", model].metrics
+        assert {r["quantization"] for r in analyses["compression"]["rows"]} >= {"float32", "binary", "qdrant-binary"}
+        assert by["quickstart-closed", model].data["analyses"]["open_set"] is None  # every product is in the gallery
+    assert by["quickstart-open", "efficientnet-lite0"].data["analyses"]["open_set"]["auroc"] > \
+        by["quickstart-open", "histogram"].data["analyses"]["open_set"]["auroc"]
+    for page in ("open-set", "scaling", "compression"):
+        assert (out / "report" / "analysis" / "quickstart-open" / f"{page}.html").is_file()
+    assert "★" in (out / "report" / "pareto.html").read_text()
     assert not list(out.glob("logs/*.log")) or all("Traceback" not in p.read_text() for p in out.glob("logs/*.log"))
 
     second = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -15,7 +15,9 @@ from PIL import Image
 from services.evaluator.datasets.base import DatasetError, GalleryType, Setup, Split
 from services.evaluator.datasets.manifest import load_manifest
 from services.evaluator.quickstart import build as build_module
-from services.evaluator.quickstart.build import PROVENANCE_NAME, STAMP_NAME, build_quickstart_dataset
+from services.evaluator.quickstart.build import (
+    OPEN_SET_HELD_OUT, PROVENANCE_NAME, STAMP_NAME, build_quickstart_dataset,
+)
 from services.evaluator.quickstart.catalog import CATALOG_CSV, COLUMNS, PHOTOS_DIR, Role, read_catalog
 from services.evaluator.quickstart.curate import curate
 from services.evaluator.quickstart.synth import perspective_coefficients, rectangle
@@ -108,6 +110,8 @@ def test_full_build_shape(full_build):
         "distractors": 0,
     }
     assert opened.counts()["distractors"] == len(distractors)
+    assert opened.counts()["gallery_products"] == len(products) - len(OPEN_SET_HELD_OUT)
+    assert set(OPEN_SET_HELD_OUT) <= products
     assert opened.queries() == closed.queries()
     assert not closed.missing() and not opened.missing()
     for dataset in (closed, opened):
@@ -120,7 +124,16 @@ def test_full_build_shape(full_build):
 def test_every_query_product_has_gallery_images_and_distractors_only_when_open(small_build, variant):
     dataset = load_manifest(small_build / variant / f"quickstart-{variant}.csv")
     gallery_products = {r.product_id for r in dataset.gallery()}
-    assert {q.product_id for q in dataset.queries()} <= gallery_products
+    query_products = {q.product_id for q in dataset.queries()}
+    if variant == "closed":
+        assert query_products <= gallery_products
+    else:
+        # the held-out products query as real out-of-catalog photos; every other product is in
+        held_out = query_products - gallery_products
+        assert held_out and held_out <= set(OPEN_SET_HELD_OUT)
+        assert query_products - held_out <= gallery_products
+        real = {r["product_id"] for r in provenance(small_build) if r["kind"] == "real_query"}
+        assert held_out <= real  # each out-of-catalog product has a real photo among its queries
     assert all(not q.is_distractor for q in dataset.queries())
     has_distractors = any(r.is_distractor for r in dataset.gallery())
     assert has_distractors is (variant == "open")

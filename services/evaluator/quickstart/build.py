@@ -5,7 +5,11 @@ captures listed in catalog.csv, plus synthetic "user-captured" views of the cata
 synth.py). Two manifests share the images:
 
     <out>/closed/quickstart-closed.csv   inter / closed: no distractors
-    <out>/open/quickstart-open.csv       inter / open:   the gallery also holds the distractors
+    <out>/open/quickstart-open.csv       inter / open:   the gallery also holds the distractors, and
+                                         the products in OPEN_SET_HELD_OUT are not in it: their
+                                         real photos query as out-of-catalog queries (a shopper
+                                         photographing what the shop does not carry), which the
+                                         open-set analysis must reject
 
 Each has a dataset.yaml sidecar (services.evaluator.datasets.manifest convention; its root is
 <out>, so manifest locations are relative to <out>). <out>/provenance.csv says, per image, which
@@ -68,6 +72,10 @@ class BuiltImage:
     params: dict
 
 
+# Products the open variant's gallery leaves out (their queries stay): real out-of-catalog
+# queries for the open-set analysis (docs/analytics.md). Each has a real second capture.
+OPEN_SET_HELD_OUT = ("graffiti-wall", "motorcycle", "grand-central", "notebook", "rubber-whale")
+
 # Purposes in the per-image random streams, so adding one never shifts another.
 _DETAIL, _QUERY = 1, 2
 
@@ -118,7 +126,13 @@ def build_quickstart_dataset(
         "captures and synthetic user-captured views as queries; catalog photo and a detail shot per product."
     )
     for variant, gallery_type in (("closed", GalleryType.CLOSED), ("open", GalleryType.OPEN)):
-        records = [i.record for i in images if variant == "open" or i.kind != "distractor"]
+        if variant == "open":
+            records = [
+                i.record for i in images
+                if not (i.record.split is Split.GALLERY and i.record.product_id in OPEN_SET_HELD_OUT)
+            ]
+        else:
+            records = [i.record for i in images if i.kind != "distractor"]
         dataset = Dataset(
             name=f"{DATASET_NAME}-{variant}",
             setup=Setup.INTER,

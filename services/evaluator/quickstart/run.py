@@ -23,6 +23,7 @@ from rich.markdown import Markdown
 from services.common.errors import VsbenchError
 from services.evaluator.clients.grpc import GrpcEmbeddingClient
 from services.evaluator.datasets.registry import load_dataset
+from services.evaluator.analytics.analyses import AnalysisOptions
 from services.evaluator.pipeline import Evaluation, EvaluationOptions
 from services.evaluator.quickstart.build import build_quickstart_dataset
 from services.evaluator.results import RunResult, load_results
@@ -88,7 +89,11 @@ def _run(out: Path, small: bool, model_names, console: Console, show_progress: b
         servers = _start_servers(model_names, out / "logs", stack, console)
         store = open_store("qdrant-edge", path=out / "qdrant")
         stack.callback(store.close)
-        evaluation = Evaluation(store, results_dir, EvaluationOptions(show_progress=show_progress))
+        # Every analysis, so the report shows each on real photos (a second or two per run here).
+        options = EvaluationOptions(
+            show_progress=show_progress, analyses=AnalysisOptions(scaling=True, compression=True)
+        )
+        evaluation = Evaluation(store, results_dir, options)
         for dataset in datasets:
             for name, server in servers.items():
                 with GrpcEmbeddingClient(server.address) as client:

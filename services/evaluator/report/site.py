@@ -13,6 +13,8 @@ every script and style is copied from this package's assets/):
     failures/<d>/<m>.html           queries the model missed at rank 1, with thumbnails and top-5
     compare/<d>/<a>--<b>.html       queries one model gets right and the other wrong
     hard/<d>.html                   queries every model misses
+    analysis/<d>/<kind>.html        open-set / scaling / compression analyses (analysis_pages)
+    pareto.html                     accuracy vs $/1k vs images/s vs bytes, Pareto-optimal marked
     thumbs/, assets/                small JPEG thumbnails; css/js
 
 This module loads the results and computes what the pages share (SiteContext); the pages are
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from services.common.errors import VsbenchError
 from services.evaluator.report import charts
+from services.evaluator.report.analysis_pages import AnalysisPages
 from services.evaluator.report.data import (
     CellStats,
     PairComparison,
@@ -66,6 +69,8 @@ GENERATED = (
     "hard",
     "thumbs",
     "assets",
+    "analysis",
+    "pareto.html",
 )
 
 
@@ -222,6 +227,9 @@ def build_site(
                     writer.compare_page(column.name, a, b)
         for row in board.models:
             writer.model_page(row.name)
+        for column in board.datasets:
+            writer.analysis_pages(column.name)
+        writer.pareto_page(load_results(results_dir, latest_only=False))
     finally:
         ctx.thumbs.close()
     if ctx.thumbs.resolver_errors:
@@ -259,5 +267,5 @@ def _prepare_out_dir(out_dir: Path, results_dir: Path) -> None:
     (out / MARKER).write_text("made by vsbench report; a rebuild replaces this folder's generated pages\n")
 
 
-class _PageWriter(OverviewPages, DetailPages, QueryPages):
-    """Writes every page of the site; the pages are grouped by kind in the three mixins."""
+class _PageWriter(OverviewPages, DetailPages, QueryPages, AnalysisPages):
+    """Writes every page of the site; the pages are grouped by kind in the mixins."""
