@@ -43,6 +43,7 @@ INVARIANCE_BATCH = 32
 THROUGHPUT_BATCHES = (1, 32, 128)
 # Where a probe file sits next to a results folder: <results>/probes/<model>.json (dataset-free).
 PROBES_FOLDER = "probes"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "schema" / "probe.schema.json"
 
 ClientFactory = Callable[[int], EmbeddingClient]
 
@@ -96,7 +97,7 @@ class ImagesUsed(_Strict):
 class ProbeResult(_Strict):
     """One probe of one served model: the JSON written by `vsbench probe --out`."""
 
-    schema_id: str = Field(SCHEMA_ID, alias="schema")
+    schema_id: Literal["vsbench.probe/v1"] = Field(SCHEMA_ID, alias="schema")
     model: str
     fingerprint: str
     target: str = Field(description="'grpc://host:port' or 'in-process:<registry name>'")
@@ -330,3 +331,19 @@ def read_probe(path: Path) -> ProbeResult:
         found = data.get("schema") if isinstance(data, dict) else None
         raise ProbeError(f"{path}: schema {found!r}, expected {SCHEMA_ID!r}")
     return ProbeResult.model_validate(data)
+
+
+def schema_text() -> str:
+    """The JSON Schema of a probe file, as committed in docs/schema/probe.schema.json."""
+    import json
+
+    schema = ProbeResult.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://vsbench.dev/schema/{SCHEMA_ID}.json"
+    schema["title"] = f"vsbench probe ({SCHEMA_ID})"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # python -m services.evaluator.probe: rewrite the committed schema
+    SCHEMA_FILE.write_text(schema_text(), encoding="utf-8")
+    print(f"wrote {SCHEMA_FILE}")

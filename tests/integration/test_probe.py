@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -19,7 +20,7 @@ from services.embedder.backends.registry import load_backend
 from services.embedder.batching import BatchingEmbedder, embed_sync
 from services.evaluator.cli import app
 from services.evaluator.clients.grpc import GrpcEmbeddingClient
-from services.evaluator.probe import SCHEMA_ID, ProbeResult, load_images, read_probe, run_probe
+from services.evaluator.probe import SCHEMA_FILE, SCHEMA_ID, ProbeResult, load_images, read_probe, run_probe
 
 FAST = {"throughput_batches": (1, 4), "throughput_images": 4}
 
@@ -144,6 +145,7 @@ def test_command_in_process_by_model_name_exits_0(tmp_path):
     done = CliRunner().invoke(app, ["probe", "--model", "histogram", "--out", str(out), *ARGS])
     assert done.exit_code == 0, done.output
     data = json.loads(out.read_text())
+    jsonschema.validate(data, json.loads(SCHEMA_FILE.read_text()))
     assert data["schema"] == SCHEMA_ID and data["ok"] is True and data["target"] == "in-process:histogram"
     assert data["images"]["source"].endswith(str(Path("quickstart") / "photos"))
     again = CliRunner().invoke(app, ["probe", "--model", "histogram", "--out", str(out), *ARGS])

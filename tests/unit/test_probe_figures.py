@@ -9,6 +9,7 @@ import pytest
 
 from services.common.types import ImageItem
 from services.evaluator.probe import (
+    SCHEMA_FILE,
     SCHEMA_ID,
     ProbeError,
     max_abs_diff,
@@ -17,6 +18,7 @@ from services.evaluator.probe import (
     probe_path,
     read_probe,
     repeat_to,
+    schema_text,
 )
 
 
@@ -66,3 +68,9 @@ def test_read_probe_refuses_other_schemas(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ProbeError, match="not a readable probe file"):
         read_probe(path)
+
+
+def test_committed_json_schema_matches_the_model():
+    assert SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text(encoding="utf-8") == schema_text(), (
+        "run `python -m services.evaluator.probe` to rewrite docs/schema/probe.schema.json"
+    )
