@@ -256,7 +256,8 @@ def run_probe(
             client.close()
 
     norms = norm_stats(vectors)
-    normalized = abs(norms.min - 1) <= thresholds.norm_tolerance and abs(norms.max - 1) <= thresholds.norm_tolerance
+    tolerance = thresholds.norm_tolerance
+    normalized = abs(norms.min - 1) <= tolerance and abs(norms.max - 1) <= tolerance
     problems = []
     if vectors.shape[1] != info.dim:
         problems.append(f"vectors have {vectors.shape[1]} dims, the server says {info.dim}")

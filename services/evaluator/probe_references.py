@@ -79,7 +79,8 @@ def check_parity(
     """The served `vectors` of `items` against the reference's, as a Parity record."""
     found = ("given reference", reference) if reference is not None else find_reference(info)
     if found is None:
-        return Parity(status="no reference", detail=f"none registered for model {info.name!r} or backend {info.backend!r}")
+        detail = f"none registered for model {info.name!r} or backend {info.backend!r}"
+        return Parity(status="no reference", detail=detail)
     description, fn = found
     from services.embedder.images import decode_image
 
@@ -93,7 +94,8 @@ def check_parity(
         return Parity(status="mismatch", reference=description, min_cos=0.0, images=len(items),
                       detail=f"reference shape {expected.shape}, served {vectors.shape}")
     cos = min_row_cosine(vectors, expected)
-    return Parity(status="ok" if cos >= min_cos else "mismatch", reference=description, min_cos=cos, images=len(items))
+    status = "ok" if cos >= min_cos else "mismatch"
+    return Parity(status=status, reference=description, min_cos=cos, images=len(items))
 
 
 def _import(module: str, what: str) -> Any:
@@ -137,10 +139,14 @@ def timm_reference(info: ModelInfo, images: list) -> np.ndarray:
     timm_data = _import("timm.data", "the timm reference (create_transform needs torchvision)")
     details = info.details
     if details.get("preprocessing_source") != "timm pretrained_cfg":
-        raise ReferenceUnavailable("unavailable", "the server's preprocessing was given, not the pretrained_cfg's")
+        raise ReferenceUnavailable(
+            "unavailable", "the server's preprocessing was given, not the pretrained_cfg's"
+        )
     weights = Path(details.get("weights", ""))
     if not weights.is_file():
-        raise ReferenceUnavailable("unavailable", f"the server's weights file {weights} is not on this machine")
+        raise ReferenceUnavailable(
+            "unavailable", f"the server's weights file {weights} is not on this machine"
+        )
     num_classes = details.get("num_classes", "")
     kwargs = {"num_classes": int(num_classes)} if num_classes not in ("", "None") else {}
     model = timm.create_model(details["model_name"], pretrained=False, **kwargs)
