@@ -565,6 +565,95 @@ def list_models() -> None:
     Console().print(table)
 
 
+@app.command()
+def probe(
+    out: Path = typer.Option(..., "--out", help="probe JSON to write (report: <results>/probes/<model>.json)"),
+    server: Optional[str] = typer.Option(None, "--server", help="host:port of an Embedder server"),
+    model: Optional[str] = typer.Option(None, "--model", help="registry model to load in this process"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="backend kind to load in this process (with --options)"),
+    options: Optional[str] = typer.Option(None, "--options", help="the kind's options as a JSON object"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="weights for --model / --kind"),
+    device: str = typer.Option("cpu", "--device", help="device for an in-process model"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for an in-process model"),
+    images: Optional[Path] = typer.Option(None, "--images", help="folder of images (default: the quickstart photos)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="use only the first N images"),
+    batches: str = typer.Option("1,32,128", "--batches", help="request sizes whose images/s is measured"),
+    throughput_images: int = typer.Option(128, "--throughput-images", min=1, help="images timed per request size"),
+    max_abs_diff: float = typer.Option(1e-5, "--max-abs-diff", help="determinism threshold"),
+    min_batch_cos: float = typer.Option(0.9999, "--min-batch-cos", help="batch-invariance threshold"),
+    min_parity_cos: float = typer.Option(0.9999, "--min-parity-cos", help="reference-parity threshold"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT"),
+) -> None:
+    """Measure what a served model does: dim, norms, determinism, batch invariance, images/s,
+    preprocessing, fingerprint, parity with its reference library when installed.
+
+    Writes OUT even when a check fails; exits 1 when any did (the problems are printed)."""
+    import json
+
+    from services.evaluator.probe import ProbeThresholds, load_images, run_probe
+
+    if sum(x is not None for x in (server, model, kind)) != 1:
+        _fail("give exactly one of --server HOST:PORT, --model NAME or --kind KIND")
+    if options is not None and kind is None:
+        _fail("--options goes with --kind")
+    if out.exists() and not overwrite:
+        _fail(f"{out} already exists (--overwrite replaces it)")
+    thresholds = ProbeThresholds(max_abs_diff=max_abs_diff, min_batch_cos=min_batch_cos, min_parity_cos=min_parity_cos)
+    items, source = load_images(images, limit)
+    sizes = _parse_ks(batches, "--batches")
+    backend = None
+    if server is not None:
+        from services.evaluator.clients.grpc import GrpcEmbeddingClient
+
+        target = f"grpc://{server}"
+
+        def connect(size: int):
+            # One request at a time: a request of one must not be batched with another by the server.
+            return GrpcEmbeddingClient(server, batch_size=size, max_in_flight=1)
+    else:
+        from services.embedder.backends.registry import build_backend, load_backend
+        from services.evaluator.clients.inprocess import InProcessEmbeddingClient
+
+        if kind is not None:
+            try:
+                parsed = json.loads(options or "{}")
+            except ValueError as exc:
+                raise typer.BadParameter(f"--options is not JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise typer.BadParameter("--options must be a JSON object")
+            if weights is not None:
+                parsed.setdefault("weights", weights)
+            backend = build_backend(kind, parsed, device=device, threads=threads, max_batch=max(sizes + [32]))
+            target = f"in-process:kind={kind}"
+        else:
+            backend = load_backend(model, weights=weights, device=device, threads=threads, max_batch=max(sizes + [32]))
+            target = f"in-process:{model}"
+
+        def connect(size: int):
+            return InProcessEmbeddingClient(backend, batch_size=size, owns_backend=False)
+
+    try:
+        result = run_probe(connect, items, target=target, source=source, thresholds=thresholds,
+                           throughput_batches=sizes, throughput_images=throughput_images)
+    finally:
+        if backend is not None:
+            backend.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.to_json(), encoding="utf-8")
+    speeds = ", ".join(f"b{t.request_size} {t.images_per_s:.1f}/s" for t in result.throughput)
+    parity = result.parity.status + (f" (min cos {result.parity.min_cos:.6f})" if result.parity.min_cos is not None else "")
+    console.print(
+        f"{result.model}: dim {result.dim}, norms {result.norms.min:.4g}..{result.norms.max:.4g}, "
+        f"determinism max|diff| {result.determinism_max_abs_diff:.3g}, batch-invariance min cos "
+        f"{result.batch_invariance_min_cos:.6f}, {speeds}, parity {parity} -> {out}",
+        highlight=False,
+    )
+    for problem in result.problems:
+        sys.stderr.write(f"problem: {problem}\n")
+    if not result.ok:
+        raise typer.Exit(code=1)
+
+
 def _skipped(message: str) -> None:
     sys.stderr.write(f"skipped: {message}\n")
 

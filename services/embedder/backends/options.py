@@ -182,3 +182,36 @@ class OpenClipOptions(HubModelOptions):
 
 class NomicOptions(HubModelOptions):
     pass
+
+
+class TimmOptions(BackendOptions):
+    """Kind "timm" (services.embedder.backends.timm_backend): any timm model by name."""
+
+    model_name: str = Field(
+        min_length=1,
+        description="timm model name, optionally with its pretrained tag ('resnet50.a1_in1k'); "
+        "the tag's pretrained_cfg gives the preprocessing and the hub id",
+    )
+    weights: str | None = Field(
+        None,
+        description="timm-format weights file (.safetensors/.pth/.bin), a local path or pkg:<package>/<file>",
+    )
+    hub_cache: bool = Field(
+        True, description="without weights, read the pretrained_cfg's hf_hub_id from the offline hub cache"
+    )
+    num_classes: int | None = Field(
+        None,
+        ge=0,
+        description="classifier width of the weights (None: the pretrained_cfg's); never used for vectors",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="compute dtype of the weights and inputs (vectors are returned as float32)"
+    )
+    pooling: Literal["pre_logits"] = Field(
+        "pre_logits",
+        description="forward_head(forward_features(x), pre_logits=True): the model's own pooling, "
+        "before its classifier",
+    )
+    preprocessing: Preprocessing | None = Field(
+        None, description="override; None: timm's eval transform for the model's pretrained_cfg, as data"
+    )

@@ -37,6 +37,7 @@ from services.embedder.backends.options import (
     EfficientNetLiteOptions,
     HistogramOptions,
     OnnxOptions,
+    TimmOptions,
     describe_options,
     validate_options,
 )
@@ -189,6 +190,15 @@ register_kind(
         HistogramOptions,
         "services.embedder.backends.histogram:load",
         "weight-free joint RGB colour histogram (the floor)",
+    )
+)
+register_kind(
+    BackendKind(
+        "timm",
+        TimmOptions,
+        "services.embedder.backends.timm_backend:load",
+        "any timm model by name: pretrained_cfg preprocessing as data, forward_head(pre_logits=True) "
+        "(extra 'timm')",
     )
 )
 
