@@ -288,7 +288,7 @@ def test_rebuild_replaces_and_refuses_foreign_folder(built, tmp_path):
     with pytest.raises(SiteError, match="not empty"):
         build_site(fixture.results, foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
-    with pytest.raises(SiteError, match="no vsbench results"):
+    with pytest.raises(SiteError, match="no vsbench run records"):
         build_site(tmp_path / "empty", tmp_path / "out")
 
 

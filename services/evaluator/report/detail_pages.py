@@ -221,6 +221,7 @@ class DetailPages(PageWriterBase):
             preprocessing=key_values(latest.get("preprocessing"))
             or [("", describe(latest.get("preprocessing")))],
             details=key_values(details),
+            probe=ctx.probes.get(model),
             per_dataset=per_dataset,
             average=[(m, row.average.get(m)) for m in ctx.board.average_metrics],
             average_over=ctx.board.average_over,

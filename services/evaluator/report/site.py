@@ -28,7 +28,8 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from services.common.errors import VsbenchError
@@ -110,6 +111,9 @@ class SiteContext:
     options: SiteOptions
     generated: str
     source_name: str
+    # `vsbench probe` results under <results>/probes/, per model, when their fingerprint matches
+    # the model's newest record (a probe of other weights says nothing about these results).
+    probes: dict[str, Any] = field(default_factory=dict)
 
     def run(self, dataset: str, model: str) -> RunResult | None:
         row = next((r for r in self.board.models if r.name == model), None)
@@ -139,9 +143,9 @@ def build_site(
     """
     options = options or SiteOptions()
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    runs = load_results(results_dir)
+    runs = [run for run in load_results(results_dir) if run.ok]  # failed records have no metrics
     if not runs:
-        raise SiteError(f"no vsbench results (schema vsbench.result/v1) under {results_dir}")
+        raise SiteError(f"no vsbench run records with metrics under {results_dir}")
     _prepare_out_dir(out_dir, results_dir)
 
     board = build_leaderboard(runs)
@@ -209,6 +213,7 @@ def build_site(
         options=options,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         source_name=results_dir.resolve().name,
+        probes=_matching_probes(results_dir, board),
     )
     writer = _PageWriter(out_dir, ctx)
     shutil.copytree(ASSETS, out_dir / "assets", dirs_exist_ok=True)
@@ -244,6 +249,29 @@ def build_site(
         out_dir,
     )
     return out_dir / "index.html"
+
+
+def _matching_probes(results_dir: Path, board: Leaderboard) -> dict[str, Any]:
+    """model -> its newest probe whose fingerprint equals the model's newest record's."""
+    from services.evaluator.probe import PROBES_FOLDER, read_probe
+
+    folder = results_dir / PROBES_FOLDER
+    if not folder.is_dir():
+        return {}
+    probes = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            probes.append(read_probe(path))
+        except VsbenchError as exc:
+            log.warning("report: skipping probe %s", exc)
+    found: dict[str, Any] = {}
+    for row in board.models:
+        newest = max(row.runs.values(), key=lambda r: r.created)
+        fingerprint = newest.record.model.fingerprint
+        matching = [p for p in probes if fingerprint and p.fingerprint == fingerprint]
+        if matching:
+            found[row.name] = max(matching, key=lambda p: p.created)
+    return found
 
 
 def _prepare_out_dir(out_dir: Path, results_dir: Path) -> None:
