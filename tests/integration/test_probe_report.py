@@ -39,3 +39,18 @@ def test_model_card_shows_the_matching_probe(tmp_path):
     assert "Probe (measured, not assumed)" in page
     assert "0.987654" in page and "batch invariance 0.987654 &lt; 0.9999" in page
     assert "batch 32: 32 images/s" in page
+
+
+def test_published_page_sets_reproduced_beside_published(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, RunRecord.model_validate({
+        "schema": SCHEMA_ID, "run_id": "20260101T000000Z-000002", "created": "2026-01-01T00:00:00+00:00",
+        "dataset": {"name": "sop", "setup": "intra", "gallery_type": "closed"},
+        "model": {"name": "dinov2-large", "dim": 1024},
+        "metrics": {"recall@1": 56.0, "recall@5": 60.0},
+    }))
+    build_site(results, tmp_path / "site", options=SiteOptions(n_boot=50))
+    page = (tmp_path / "site" / "published.html").read_text(encoding="utf-8")
+    assert "2 value(s) compared" in page and "<strong>1</strong> differ by more than 0.5" in page
+    assert "-0.30" in page and "-7.70 ⚑" in page and "DINOv2 Large" in page
+    assert 'href="published.html"' in (tmp_path / "site" / "index.html").read_text(encoding="utf-8")

@@ -264,9 +264,9 @@ def test_site_layout_and_offline_assets(built):
     ):
         assert (site / relative).is_file(), relative
     pages = list(site.rglob("*.html"))
-    # 4 top pages (incl. pareto.html) + 2 datasets + 3 models + 6 failure galleries + 2x3 comparisons
-    # + 2 hard-query pages; these records hold no analyses, so no analysis/ pages
-    assert len(pages) == 4 + 2 + 3 + 6 + 6 + 2
+    # 5 top pages (incl. pareto.html, published.html) + 2 datasets + 3 models + 6 failure galleries
+    # + 2x3 comparisons + 2 hard-query pages; these records hold no analyses, so no analysis/ pages
+    assert len(pages) == 5 + 2 + 3 + 6 + 6 + 2
     assert not (site / "analysis").exists()
     for page in pages:
         text = page.read_text(encoding="utf-8")

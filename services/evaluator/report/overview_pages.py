@@ -221,3 +221,34 @@ class OverviewPages(PageWriterBase):
             runs=runs,
             options=self.ctx.options,
         )
+
+    def published_page(self) -> None:
+        """Reproduced vs published (the report's Table 3, shipped as data): every metric of every
+        shown run beside its published value, deltas over the tolerance flagged."""
+        from services.evaluator.published import DEFAULT_TOLERANCE, comparisons_for_runs, load_published
+
+        published = load_published()
+        rows = [r for r in comparisons_for_runs(self.ctx.runs, published) if r.published is not None]
+        self._write(
+            "published.html",
+            "published.html",
+            title="Reproduced vs published",
+            rows=[
+                {
+                    "model": r.model,
+                    "model_href": self.model_href(r.model),
+                    "dataset": r.dataset,
+                    "metric": r.metric,
+                    "reproduced": r.reproduced,
+                    "published": r.published,
+                    "delta": r.delta,
+                    "flagged": r.flagged,
+                    "published_model": r.published_model,
+                    "source": r.source,
+                }
+                for r in rows
+            ],
+            tolerance=DEFAULT_TOLERANCE,
+            flagged=sum(r.flagged for r in rows),
+            published_datasets=sorted({p.dataset for p in published}),
+        )

@@ -15,6 +15,7 @@ every script and style is copied from this package's assets/):
     hard/<d>.html                   queries every model misses
     analysis/<d>/<kind>.html        open-set / scaling / compression analyses (analysis_pages)
     pareto.html                     accuracy vs $/1k vs images/s vs bytes, Pareto-optimal marked
+    published.html                  reproduced vs the report's published Table 3 values, deltas
     thumbs/, assets/                small JPEG thumbnails; css/js
 
 This module loads the results and computes what the pages share (SiteContext); the pages are
@@ -72,6 +73,7 @@ GENERATED = (
     "assets",
     "analysis",
     "pareto.html",
+    "published.html",
 )
 
 
@@ -235,6 +237,7 @@ def build_site(
         for column in board.datasets:
             writer.analysis_pages(column.name)
         writer.pareto_page(load_results(results_dir, latest_only=False))
+        writer.published_page()
     finally:
         ctx.thumbs.close()
     if ctx.thumbs.resolver_errors:
