@@ -172,6 +172,8 @@ class Evaluation:
             report = self._embed(dataset, client, info, model_name, todo, roles)
         if not score:
             return RunOutcome(report, None)
+        if records is not None:  # a shard was embedded; the record covers the whole dataset
+            missing = dataset.missing()
         roles_used = {_SPLIT_NAMES[split]: (role.value if role else "unspecified") for split, role in roles.items()
                       if split is Split.GALLERY or dataset.setup is Setup.INTER}
         extra = {**(extra or {}), "model": {**(extra or {}).get("model", {}), "input_roles": roles_used}}
