@@ -76,7 +76,16 @@ def forward_checked(
     """Run one forward pass and turn its output into Embeddings, checking shape and finiteness.
 
     If the batch raises, each item is retried alone so one poisonous input cannot fail the rest.
+    Items of different shapes (aspect-keeping preprocessing without a crop) are forwarded as one
+    batch per shape, in first-seen order, and answered in item order.
     """
+    groups = _shape_groups(inputs)
+    if len(groups) > 1:
+        answers: dict[int, Embedding] = {}
+        for rows in groups:
+            for row, embedding in zip(rows, forward_checked(backend, [ids[r] for r in rows], [inputs[r] for r in rows], dim)):
+                answers[row] = embedding
+        return [answers[row] for row in range(len(inputs))]
     try:
         output = backend.forward(inputs)
     except Exception as exc:  # noqa: BLE001
@@ -89,6 +98,14 @@ def forward_checked(
         log.warning("forward failed for %r", ids[0], exc_info=True)
         return [Embedding.failed(ids[0], ErrorCode.INTERNAL, f"forward failed: {type(exc).__name__}: {exc}")]
     return split_output(ids, output, dim)
+
+
+def _shape_groups(inputs: Sequence[Any]) -> list[list[int]]:
+    """Row indices grouped by array shape; inputs without a shape form one group."""
+    groups: dict[Any, list[int]] = {}
+    for row, item in enumerate(inputs):
+        groups.setdefault(getattr(item, "shape", None), []).append(row)
+    return list(groups.values())
 
 
 def split_output(ids: Sequence[str], output: Any, dim: int) -> list[Embedding]:

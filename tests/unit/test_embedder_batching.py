@@ -431,3 +431,37 @@ def test_failed_warmup_can_be_retried():
             await embedder.close()
 
     assert all(e.ok for e in run(scenario())) and backend.warmups == 2
+
+
+def test_items_of_different_shapes_are_forwarded_per_shape_and_answered_in_order():
+    """Aspect-keeping preprocessing without a crop (ILIAS's longer-side resize) gives inputs of
+    several shapes in one batch: each shape group is one forward pass, and every vector equals the
+    vector of that image embedded alone."""
+    from PIL import Image
+
+    from services.embedder.backends.registry import load_backend
+    from services.embedder.batching import forward_checked
+
+    backend = load_backend("efficientnet-lite0", preprocessing={"resize": "longer", "resize_to": 224, "crop_size": 224})
+    rng = np.random.default_rng(3)
+    sizes = [(320, 240), (240, 320), (320, 240), (200, 200), (240, 320)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    inputs = [backend.preprocess(image) for image in images]
+    assert len({x.shape for x in inputs}) == 3
+    calls = []
+    original = backend.forward
+
+    def counting_forward(batch):
+        calls.append(len(batch))
+        return original(batch)
+
+    backend.forward = counting_forward
+    ids = [f"i{n}" for n in range(len(inputs))]
+    together = forward_checked(backend, ids, inputs, backend.info().dim)
+    assert [e.id for e in together] == ids and all(e.ok for e in together)
+    assert sorted(calls) == [1, 2, 2]  # one pass per shape group
+    for n, embedding in enumerate(together):
+        (alone,) = forward_checked(backend, [ids[n]], [inputs[n]], backend.info().dim)
+        cos = float(embedding.vector @ alone.vector / np.linalg.norm(embedding.vector) / np.linalg.norm(alone.vector))
+        assert cos > 0.9999
+    backend.close()

@@ -139,3 +139,32 @@ def test_a_resize_over_the_pixel_limit_is_refused_before_allocating():
 def test_squash_of_a_thin_image_stays_small():
     spec = Preprocessing(crop_size=224, resize="squash")
     assert spec(Image.new("RGB", (60000, 1), (200, 0, 0))).shape == (3, 224, 224)
+
+
+def _official_large_side_resize(width: int, height: int, size: int) -> tuple[int, int]:
+    """ILIAS feature_extraction/src/datasets/transforms.py LargeSideResize, restated."""
+    ar = float(height) / float(width)
+    new_h = max(1, int(size * ar) if ar <= 1 else size)
+    new_w = max(1, int(size / ar) if ar > 1 else size)
+    return new_w, new_h
+
+
+def test_longer_side_resize_matches_the_official_ilias_transform_on_every_size():
+    from services.embedder.backends.preprocess import Preprocessing
+
+    for size in (224, 768):
+        spec = Preprocessing(resize="longer", resize_to=size)
+        for width in range(1, 1200, 7):
+            for height in (1, 3, 224, 333, 480, 767, 1024, 1199):
+                assert spec.resized_size(width, height) == _official_large_side_resize(width, height, size)
+
+
+def test_longer_side_resize_keeps_aspect_and_skips_the_crop():
+    from PIL import Image
+
+    from services.embedder.backends.preprocess import Preprocessing
+
+    spec = Preprocessing(resize="longer", resize_to=224, crop_size=224)
+    assert spec(Image.new("RGB", (640, 480))).shape == (3, 168, 224)
+    assert spec(Image.new("RGB", (480, 640))).shape == (3, 224, 168)
+    assert "no crop" in spec.describe() and "centre crop" not in spec.describe()

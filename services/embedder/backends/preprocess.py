@@ -26,7 +26,7 @@ RESAMPLE: dict[str, Image.Resampling] = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-ResizeMode = Literal["shortest", "squash", "none"]
+ResizeMode = Literal["shortest", "squash", "longer", "none"]
 
 # No resize may produce more pixels than this (checked before allocating). The decoder's aspect
 # limit already keeps "shortest" resizes small; this guards specs with a large resize_to and
@@ -44,7 +44,10 @@ class Preprocessing:
 
     crop_size: final (height, width) after the centre crop (an int means square).
     resize: "shortest" scales the shorter edge to `resize_to` keeping aspect; "squash" resizes to
-        exactly `resize_to` x `resize_to` (or (h, w)) ignoring aspect; "none" skips resizing.
+        exactly `resize_to` x `resize_to` (or (h, w)) ignoring aspect; "longer" scales the longer
+        edge to `resize_to` keeping aspect and does NOT crop (ILIAS's official feature extraction,
+        LargeSideResize: the shorter edge is truncated, not rounded; items then differ in shape
+        and the batcher forwards each shape group on its own); "none" skips resizing.
     resize_to: target of the resize; defaults to the crop size (then the crop only trims the longer
         side, or nothing for "squash").
     rescale: multiplies pixel values (0..255) before mean/std, e.g. 1/255.
@@ -69,10 +72,10 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE:
             raise ValueError(f"unknown resample {self.resample!r}; one of {sorted(RESAMPLE)}")
-        if self.resize not in ("shortest", "squash", "none"):
+        if self.resize not in ("shortest", "squash", "longer", "none"):
             raise ValueError(f"unknown resize mode {self.resize!r}")
-        if self.resize == "shortest" and isinstance(self.resize_to, tuple):
-            raise ValueError("resize='shortest' takes one edge length, not a (h, w) pair")
+        if self.resize in ("shortest", "longer") and isinstance(self.resize_to, tuple):
+            raise ValueError(f"resize={self.resize!r} takes one edge length, not a (h, w) pair")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise ValueError("mean and std need three values, std non-zero")
 
@@ -95,14 +98,18 @@ class Preprocessing:
             if self.resize_to is not None
             else (min(height, width) if self.resize == "shortest" else (height, width))
         )
-        if self.resize == "shortest":
+        if self.resize == "longer":
+            longer = self.resize_to if self.resize_to is not None else max(height, width)
+            steps = [f"resize longer edge to {longer} {self.resample} keeping aspect (shorter edge truncated), no crop"]
+        elif self.resize == "shortest":
             steps = [f"resize shortest edge to {target} {self.resample}"]
         elif self.resize == "squash":
             th, tw = (target, target) if isinstance(target, int) else target
             steps = [f"resize to {th}x{tw} {self.resample} (aspect not kept)"]
         else:
             steps = []
-        steps.append(f"centre crop {height}x{width}")
+        if self.resize != "longer":
+            steps.append(f"centre crop {height}x{width}")
         if self.jpeg_quality is not None:
             steps.append(f"JPEG re-encode q{self.jpeg_quality}")
         scale = "1/255" if abs(self.rescale - 1 / 255) < 1e-12 else f"{self.rescale:g}"
@@ -122,6 +129,15 @@ class Preprocessing:
             target = self.resize_to if self.resize_to is not None else (crop_h, crop_w)
             th, tw = (target, target) if isinstance(target, int) else target
             return tw, th
+        if self.resize == "longer":
+            # As ILIAS's LargeSideResize: the longer edge becomes `size`, the other int(size * ratio).
+            size = self.resize_to if self.resize_to is not None else max(crop_h, crop_w)
+            assert isinstance(size, int)
+            # The same float expressions as the official code, so truncation agrees on every size.
+            ratio = float(height) / float(width)
+            new_h = max(1, int(size * ratio) if ratio <= 1 else size)
+            new_w = max(1, int(size / ratio) if ratio > 1 else size)
+            return new_w, new_h
         shortest = self.resize_to if self.resize_to is not None else min(crop_h, crop_w)
         assert isinstance(shortest, int)
         if width <= height:
@@ -157,7 +173,9 @@ class Preprocessing:
         """Raises ResizeTooLarge (before allocating) when the resize would exceed the limit."""
         if image.mode != "RGB":
             image = image.convert("RGB")
-        image = self._cropped(self._resized(image, max_resized_pixels))
+        image = self._resized(image, max_resized_pixels)
+        if self.resize != "longer":
+            image = self._cropped(image)
         if self.jpeg_quality is not None:
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=self.jpeg_quality)
