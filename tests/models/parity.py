@@ -46,14 +46,19 @@ def load_photo(path: Path) -> Image.Image:
         return ImageOps.exif_transpose(image).convert("RGB")
 
 
-def embed_over_grpc(backend: ModelBackend, paths: list[Path], max_batch: int = 2) -> tuple[np.ndarray, ModelInfo]:
+def embed_over_grpc(
+    backend: ModelBackend, paths: list[Path], max_batch: int = 2
+) -> tuple[np.ndarray, ModelInfo]:
     """The photo files' bytes through a real embedder server on loopback; rows in `paths` order.
     max_batch < len(paths) so that the server forms more than one batch."""
     embedder = BatchingEmbedder(backend, max_batch=max_batch, max_wait_ms=20, decode_workers=1)
-    with BackgroundServer(embedder, ServerSettings(port=0)) as server:
-        with GrpcEmbeddingClient(server.address) as client:
-            info = client.info()
-            results = {r.id: r for r in client.embed([ImageItem(p.name, p.read_bytes()) for p in paths])}
+    items = [ImageItem(p.name, p.read_bytes()) for p in paths]
+    with (
+        BackgroundServer(embedder, ServerSettings(port=0)) as server,
+        GrpcEmbeddingClient(server.address) as client,
+    ):
+        info = client.info()
+        results = {r.id: r for r in client.embed(items)}
     failed = {key: str(r.error) for key, r in results.items() if not r.ok}
     assert not failed, failed
     return np.stack([np.asarray(results[p.name].vector, dtype=np.float32) for p in paths]), info
@@ -117,7 +122,9 @@ def check_and_record(
 
 
 def summary_lines() -> list[str]:
-    lines = [f"{'model':28} {'parity fp32':>12} {'bf16 vs fp32':>13} {'slip caught':>12}  slip / architecture"]
+    lines = [
+        f"{'model':28} {'parity fp32':>12} {'bf16 vs fp32':>13} {'slip caught':>12}  slip / architecture"
+    ]
     for name, m in sorted(MEASURED.items()):
         lines.append(
             f"{name:28} {m.parity:12.7f} {m.bf16:13.5f} {m.slip:12.6f}  {m.slip_what} / {m.architecture}"
@@ -125,7 +132,9 @@ def summary_lines() -> list[str]:
     return lines
 
 
-def write_hub_cache(cache_root: Path, repo_id: str, files: dict[str, bytes | Path], commit: str = "0" * 40) -> Path:
+def write_hub_cache(
+    cache_root: Path, repo_id: str, files: dict[str, bytes | Path], commit: str = "0" * 40
+) -> Path:
     """A Hugging Face hub cache entry as huggingface_hub lays it out (refs/main -> snapshots/<commit>),
     so that offline lookups (try_to_load_from_cache, snapshot_download(local_files_only=True)) find
     `files`; returns the snapshot directory."""

@@ -26,7 +26,9 @@ def reference_vectors(directory, paths, *, dtype=None, resample=None) -> np.ndar
     import torch
     from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor
 
-    model = BiQwen2_5.from_pretrained(str(directory), local_files_only=True, key_mapping=checkpoint_key_mapping())
+    model = BiQwen2_5.from_pretrained(
+        str(directory), local_files_only=True, key_mapping=checkpoint_key_mapping()
+    )
     model = model.eval() if dtype is None else copy.deepcopy(model).to(dtype).eval()
     processor = BiQwen2_5_Processor.from_pretrained(str(directory), local_files_only=True)
     if resample is not None:
@@ -49,7 +51,9 @@ def test_nomic_matches_colpali_engine(base_dir):
     paths = photo_paths()
     reference = reference_vectors(base_dir, paths)
     np.testing.assert_allclose(np.linalg.norm(reference, axis=1), 1.0, atol=1e-5)
-    served, info = embed_over_grpc(load_backend("nomic-embed-multimodal-3b", weights=base_dir, threads=2), paths)
+    served, info = embed_over_grpc(
+        load_backend("nomic-embed-multimodal-3b", weights=base_dir, threads=2), paths
+    )
     assert info.normalized and info.dim == 64 and info.backend == "colpali-engine"
     check_and_record(
         "nomic-embed-multimodal-3b",
@@ -70,7 +74,9 @@ def test_nomic_lora_adapter_layout_matches_colpali_engine(base_dir, tmp_path):
     add_lora_adapter(base_dir, adapter_dir)
     assert (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "config.json").exists()
     reference = reference_vectors(adapter_dir, paths)
-    assert cosines(reference, reference_vectors(base_dir, paths)).max() < 0.9999, "the adapter changed nothing"
+    assert cosines(reference, reference_vectors(base_dir, paths)).max() < 0.9999, (
+        "the adapter changed nothing"
+    )
     backend = load_backend("nomic-embed-multimodal-3b", weights=adapter_dir, threads=2)
     served, info = embed_over_grpc(backend, paths)
     assert info.details["base_model"] == str(base_dir)

@@ -17,7 +17,17 @@ import pytest
 
 from services.embedder.backends.errors import BackendLoadError, WeightsNotFoundError
 from services.embedder.backends.registry import build_backend, load_backend
-from tests.models.parity import SEED, check_and_record, embed_over_grpc, load_photo, photo_paths, write_hub_cache
+from tests.models.parity import (
+    SEED,
+    check_and_record,
+    embed_over_grpc,
+    load_photo,
+    photo_paths,
+    write_hub_cache,
+)
+
+# Real-size models on shared CPUs: generous per-test limit (pyproject's default is 600 s).
+pytestmark = pytest.mark.timeout(1800)
 
 PE_CORE = "PE-Core-L-14-336"
 PE_CORE_REPO = "timm/PE-Core-L-14-336"
@@ -82,7 +92,9 @@ def test_pe_core_l14_336_matches_open_clip(tmp_path, offline_hub):
     )
     paths = photo_paths()
 
-    model, _, transform = open_clip.create_model_and_transforms(PE_CORE, pretrained="meta", cache_dir=str(offline_hub))
+    model, _, transform = open_clip.create_model_and_transforms(
+        PE_CORE, pretrained="meta", cache_dir=str(offline_hub)
+    )
     model.eval()
     reference = reference_vectors(model, transform, paths)
     # The slip: bicubic where PE-Core's transform resizes bilinearly.
@@ -127,13 +139,19 @@ def test_any_open_clip_model_by_name_and_tag(tmp_path, offline_hub):
     write_hub_cache(offline_hub, repo, {"open_clip_pytorch_model.bin": weights})
     paths = photo_paths()
 
-    model, _, transform = open_clip.create_model_and_transforms(name, pretrained=tag, cache_dir=str(offline_hub))
+    model, _, transform = open_clip.create_model_and_transforms(
+        name, pretrained=tag, cache_dir=str(offline_hub)
+    )
     model.eval()
     reference = reference_vectors(model, transform, paths)
     # The slip: the model's default (no tag) preprocessing is bicubic too; squash instead of crop.
     slipped_transform = open_clip.image_transform(
-        224, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD,
-        interpolation="bicubic", resize_mode="squash",
+        224,
+        is_train=False,
+        mean=open_clip.OPENAI_DATASET_MEAN,
+        std=open_clip.OPENAI_DATASET_STD,
+        interpolation="bicubic",
+        resize_mode="squash",
     )
     slipped = reference_vectors(model, slipped_transform, paths)
     bf16 = reference_vectors(copy.deepcopy(model).to(torch.bfloat16), transform, paths, torch.bfloat16)
@@ -155,7 +173,9 @@ def test_any_open_clip_model_by_name_and_tag(tmp_path, offline_hub):
 
     # The same file given directly, with and without the tag: the tag's preprocessing is what
     # makes the vectors (and the fingerprint) the reference's.
-    with_tag = build_backend("open_clip", {"open_clip_name": name, "pretrained": tag, "weights": str(weights)})
+    with_tag = build_backend(
+        "open_clip", {"open_clip_name": name, "pretrained": tag, "weights": str(weights)}
+    )
     without_tag = build_backend("open_clip", {"open_clip_name": name, "weights": str(weights)})
     try:
         assert with_tag.info().fingerprint == info.fingerprint

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import copy
 import gc
+
 import numpy as np
 import pytest
 
 from services.embedder.backends.registry import load_backend
 from tests.models.checkpoints import (
     DINOV2_LARGE,
-    DINOV3_VITL16,
     DINOV3_PROCESSOR,
+    DINOV3_VITL16,
     SIGLIP2_SO400M_384,
     build_hf_checkpoint,
 )
 from tests.models.parity import check_and_record, cosines, embed_over_grpc, load_photo, photo_paths
+
+# Real-size models on shared CPUs: generous per-test limit (pyproject's default is 600 s).
+pytestmark = pytest.mark.timeout(1800)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -111,7 +115,9 @@ def test_dinov3_vitl16_matches_the_official_transform(tmp_path, paths):
     reference = forward(model, pixels)
     slipped = forward(model, batch(dinov3_transform(InterpolationMode.BICUBIC), paths))
     # transformers' own DINOv3 processor rescales before resizing (float resize): reported only.
-    float_resize = forward(model, batch(dinov3_transform(InterpolationMode.BILINEAR, uint8_resize=False), paths))
+    float_resize = forward(
+        model, batch(dinov3_transform(InterpolationMode.BILINEAR, uint8_resize=False), paths)
+    )
     print(f"dinov3 uint8-resize vs float-resize min cosine: {cosines(reference, float_resize).min():.7f}")
     bf16 = forward(model, pixels, torch.bfloat16)
     del model
@@ -146,6 +152,17 @@ def test_dinov3_torch_port_gives_the_official_pixels(paths):
     np.testing.assert_allclose(ported, official, atol=1e-5)
 
 
+def siglip_image_features(model, pixels, dtype=None) -> np.ndarray:
+    import torch
+
+    if dtype is not None:
+        model, pixels = copy.deepcopy(model).to(dtype), pixels.to(dtype)
+    with torch.inference_mode():
+        output = model.get_image_features(pixel_values=pixels)
+    # transformers 5 returns the vision tower's output; its pooler_output is the MAP head
+    return getattr(output, "pooler_output", output).float().numpy()
+
+
 def test_siglip2_so400m_384_matches_get_image_features(tmp_path, paths):
     import torch
     from transformers import AutoImageProcessor
@@ -153,17 +170,13 @@ def test_siglip2_so400m_384_matches_get_image_features(tmp_path, paths):
     model = build_hf_checkpoint(SIGLIP2_SO400M_384, tmp_path)
     processor = AutoImageProcessor.from_pretrained(str(tmp_path))  # the model card's processor
 
-    def image_features(pixels, dtype=None):
-        m, p = (copy.deepcopy(model).to(dtype), pixels.to(dtype)) if dtype else (model, pixels)
-        with torch.inference_mode():
-            output = m.get_image_features(pixel_values=p)
-        return getattr(output, "pooler_output", output).float().numpy()
-
     images = [load_photo(p) for p in paths]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-    reference = image_features(pixels)
-    slipped = image_features(processor(images=images, return_tensors="pt", resample=3)["pixel_values"])
-    bf16 = image_features(pixels, torch.bfloat16)
+    reference = siglip_image_features(model, pixels)
+    slipped = siglip_image_features(
+        model, processor(images=images, return_tensors="pt", resample=3)["pixel_values"]
+    )
+    bf16 = siglip_image_features(model, pixels, torch.bfloat16)
     del model
     gc.collect()
 

@@ -146,11 +146,15 @@ class Uint8ResizeRescaleNormalize:
         import torch.nn.functional as F
 
         # HWC -> 1CHW by a view: channels-last memory, as torchvision's ToImage leaves it.
-        pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+        pixels = (
+            torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+        )
         size = (self.height, self.width)
         if self._native_uint8():
             return F.interpolate(pixels, size=size, mode=self.mode, align_corners=False, antialias=True)
-        resized = F.interpolate(pixels.float(), size=size, mode=self.mode, align_corners=False, antialias=True)
+        resized = F.interpolate(
+            pixels.float(), size=size, mode=self.mode, align_corners=False, antialias=True
+        )
         if self.mode == "bicubic":
             resized = resized.clamp_(0, 255)
         return resized.round_().to(torch.uint8)
@@ -204,4 +208,6 @@ def load_image_processor(path: Path) -> Any:
                 return AutoImageProcessor.from_pretrained(str(path), local_files_only=True, **kwargs)
             except (ImportError, ValueError, KeyError) as exc:
                 last_error = exc
-    raise BackendLoadError(f"cannot load image processor {kind or '?'} from {path}: {last_error}") from last_error
+    raise BackendLoadError(
+        f"cannot load image processor {kind or '?'} from {path}: {last_error}"
+    ) from last_error

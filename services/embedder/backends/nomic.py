@@ -89,7 +89,10 @@ class NomicMultimodalBackend(ModelBackend):
         self._dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
         with quiet_transformers():
             model = colpali.BiQwen2_5.from_pretrained(
-                str(self._path), dtype=self._dtype, local_files_only=True, key_mapping=checkpoint_key_mapping()
+                str(self._path),
+                dtype=self._dtype,
+                local_files_only=True,
+                key_mapping=checkpoint_key_mapping(),
             )
             self._processor = colpali.BiQwen2_5_Processor.from_pretrained(
                 str(self._path), local_files_only=True

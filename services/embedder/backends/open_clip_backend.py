@@ -88,7 +88,9 @@ def tag_preprocessing(tag_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def tag_weights_in_cache(open_clip_name: str, tag: str, tag_config: dict[str, Any], root: Path | None) -> Path:
+def tag_weights_in_cache(
+    open_clip_name: str, tag: str, tag_config: dict[str, Any], root: Path | None
+) -> Path:
     """The tag's weights file from the offline Hugging Face cache (or `root` as the cache root), or
     for URL-only tags from open_clip's download folder (or `root`); WeightsNotFoundError otherwise."""
     searched: list[str] = []
@@ -102,8 +104,12 @@ def tag_weights_in_cache(open_clip_name: str, tag: str, tag_config: dict[str, An
         repo, filename = os.path.split(hub)
         filename = filename or HUB_WEIGHTS
         # open_clip prefers a .safetensors twin of the named file when the repo has one
-        twin = HUB_SAFE_WEIGHTS if filename == HUB_WEIGHTS else (
-            filename.rsplit(".", 1)[0] + ".safetensors" if filename.endswith((".bin", ".pth")) else None
+        twin = (
+            HUB_SAFE_WEIGHTS
+            if filename == HUB_WEIGHTS
+            else (
+                filename.rsplit(".", 1)[0] + ".safetensors" if filename.endswith((".bin", ".pth")) else None
+            )
         )
         cache = root if root is not None else hf_cache_dir()
         for candidate in [name for name in (twin, filename) if name]:
@@ -145,7 +151,9 @@ def resolve_source(open_clip: Any, spec: OpenClipSpec) -> OpenClipSource:
         tag_config = dict(open_clip.get_pretrained_cfg(name, tag) or {})
         if not tag_config:
             known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-            raise BackendLoadError(f"{spec.name}: open_clip {name!r} has no pretrained tag {tag!r}; known: {known}")
+            raise BackendLoadError(
+                f"{spec.name}: open_clip {name!r} has no pretrained tag {tag!r}; known: {known}"
+            )
         overrides = tag_preprocessing(tag_config)
 
     if weights is not None and weights.is_file():
@@ -185,7 +193,9 @@ def describe_transform(transform: Any) -> str:
 
 def preprocess_record(open_clip: Any, model: Any, transform: Any) -> dict[str, Any]:
     """The preprocessing as data for the fingerprint: open_clip's final config plus the transform."""
-    config = open_clip.get_model_preprocess_cfg(model) if hasattr(open_clip, "get_model_preprocess_cfg") else {}
+    config = (
+        open_clip.get_model_preprocess_cfg(model) if hasattr(open_clip, "get_model_preprocess_cfg") else {}
+    )
     return {
         "config": {key: list(v) if isinstance(v, tuple) else v for key, v in dict(config).items()},
         "transform": describe_transform(transform),
