@@ -146,25 +146,23 @@ def test_dinov3_matches_pooler_output(dinov3_dir, photos):
     assert "224x224" in info.preprocessing and "bilinear antialias" in info.preprocessing
 
 
-def test_dinov3_preprocessing_matches_pil_float_resize(dinov3_dir, photos):
-    """transformers ships DINOv3's processor on torchvision only; the backend's torch port must
-    equal the same steps done independently: PIL's antialiased bilinear resize in float mode."""
+def test_dinov3_preprocessing_matches_pil_uint8_resize(dinov3_dir, photos):
+    """DINOv3's official transform resizes the uint8 image, then scales (tests/models checks the
+    port against torchvision's own transform exactly); here, without torchvision, the same steps
+    done independently by PIL agree to within one uint8 step (the two round differently)."""
     directory, _ = dinov3_dir
     if transformers.utils.is_torchvision_available():  # pragma: no cover - not in this environment
         pytest.fail("torchvision must not be installed next to the embedder")
     backend = load_backend("dinov3-vitl16", weights=directory)
     mean = np.array(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
     std = np.array(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    one_step = 1 / 255 / min(IMAGENET_STD)
     for image in photos:
-        scaled = np.asarray(image, dtype=np.float32) / 255.0
-        channels = [
-            np.asarray(
-                Image.fromarray(scaled[:, :, c], mode="F").resize((224, 224), Image.Resampling.BILINEAR)
-            )
-            for c in range(3)
-        ]
-        expected = (np.stack(channels) - mean) / std
-        np.testing.assert_allclose(backend.preprocess(image), expected, atol=5e-4)
+        resized = np.asarray(image.resize((224, 224), Image.Resampling.BILINEAR), dtype=np.float32)
+        expected = (resized.transpose(2, 0, 1) / 255.0 - mean) / std
+        difference = np.abs(backend.preprocess(image) - expected)
+        assert difference.max() <= one_step + 1e-4
+        assert difference.mean() < 0.5 * one_step  # most pixels identical
 
 
 # ------------------------------------------------------------------------------------- SigLIP2

@@ -1,10 +1,12 @@
 """The checkpoint's own image processor for the transformers backends: loaded from
-preprocessor_config.json (with a torch port where transformers needs torchvision), described in
-words for ModelInfo.preprocessing, and recorded as data for the fingerprint."""
+preprocessor_config.json (with a torch port of the official transform where transformers'
+processor departs from it), described in words for ModelInfo.preprocessing, and recorded as data
+for the fingerprint."""
 
 from __future__ import annotations
 
 import json
+import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,10 +93,14 @@ def describe_processor(processor: Any) -> str:
 
 
 @dataclass(frozen=True)
-class RescaleResizeNormalize:
-    """DINOv3's processor (rescale, then antialiased resize to a fixed size, then normalize)
-    rebuilt on torch ops, because transformers ships it only on torchvision, which the embedder
-    does not install. Driven entirely by the checkpoint's preprocessor_config.json."""
+class Uint8ResizeRescaleNormalize:
+    """DINOv3's official transform (facebookresearch/dinov3 README, make_transform): the uint8
+    image resized to a fixed size with antialiasing, then scaled to 0..1, then normalised.
+    transformers' DINOv3ViTImageProcessor rescales *before* resizing (a float resize), which moves
+    pixels by up to one uint8 step; this port does what torchvision's v2.Resize does on a uint8
+    tensor (its native uint8 kernel where torchvision uses one, else a float resize rounded back),
+    on torch alone, so the main environment (no torchvision) gets the same pixels. Driven by the
+    checkpoint's preprocessor_config.json."""
 
     height: int
     width: int
@@ -106,7 +112,7 @@ class RescaleResizeNormalize:
     _MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample codes that torch can antialias
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> RescaleResizeNormalize:
+    def from_config(cls, config: Mapping[str, Any]) -> Uint8ResizeRescaleNormalize:
         size = config.get("size") or {"height": 224, "width": 224}
         resample = int(config.get("resample", 2))
         if resample not in cls._MODES:
@@ -122,40 +128,68 @@ class RescaleResizeNormalize:
             std=tuple(config.get("image_std", (0.229, 0.224, 0.225))),
         )
 
-    def __call__(self, images: Sequence[Image.Image], return_tensors: str = "np") -> dict[str, np.ndarray]:
+    def _native_uint8(self) -> bool:
+        """Whether torchvision resizes this mode's uint8 images natively on this CPU
+        (torchvision.transforms.v2.functional._geometry._do_native_uint8_resize_on_cpu)."""
+        import torch
+
+        if self.mode == "bicubic":
+            return True
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in (
+            "aarch64",
+            "arm64",
+        )
+
+    def resize_uint8(self, image: Image.Image) -> Any:
+        """(1, 3, H, W) uint8 tensor of the resized image, as torchvision's v2.Resize makes it."""
         import torch
         import torch.nn.functional as F
 
+        # HWC -> 1CHW by a view: channels-last memory, as torchvision's ToImage leaves it.
+        pixels = (
+            torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+        )
+        size = (self.height, self.width)
+        if self._native_uint8():
+            return F.interpolate(pixels, size=size, mode=self.mode, align_corners=False, antialias=True)
+        resized = F.interpolate(
+            pixels.float(), size=size, mode=self.mode, align_corners=False, antialias=True
+        )
+        if self.mode == "bicubic":
+            resized = resized.clamp_(0, 255)
+        return resized.round_().to(torch.uint8)
+
+    def __call__(self, images: Sequence[Image.Image], return_tensors: str = "np") -> dict[str, np.ndarray]:
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         out = []
         for image in images:
-            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
-            chw = pixels.permute(2, 0, 1).unsqueeze(0) * self.rescale_factor
-            chw = F.interpolate(
-                chw, size=(self.height, self.width), mode=self.mode, align_corners=False, antialias=True
-            )
-            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-            out.append(((chw - mean) / std)[0].numpy())
+            chw = self.resize_uint8(image).float() * self.rescale_factor
+            out.append(((chw - mean) / std)[0].contiguous().numpy())
         return {"pixel_values": np.stack(out)}
 
     def describe(self) -> str:
         rescale = "1/255" if abs(self.rescale_factor - 1 / 255) < 1e-9 else f"x{self.rescale_factor:.6g}"
         return (
-            f"DINOv3ViTImageProcessor (torch port): rescale {rescale}; resize {self.height}x{self.width} "
-            f"(aspect not kept) {self.mode} antialias; "
+            f"DINOv3 official transform (torch port of DINOv3ViTImageProcessor's config): resize "
+            f"{self.height}x{self.width} (aspect not kept) {self.mode} antialias on uint8; rescale {rescale}; "
             f"normalize mean={_floats(self.mean)} std={_floats(self.std)}"
         )
 
 
-# image_processor_type -> torch-only stand-in, used only when transformers' class needs torchvision
-NATIVE_PROCESSORS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "DINOv3ViTImageProcessor": RescaleResizeNormalize.from_config,
+# image_processor_type -> the model's official preprocessing where transformers' processor departs
+# from it; used in every environment (with or without torchvision), so the numbers never depend on it.
+OFFICIAL_PROCESSORS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "DINOv3ViTImageProcessor": Uint8ResizeRescaleNormalize.from_config,
 }
 
 
 def load_image_processor(path: Path) -> Any:
-    """The checkpoint's own image processor: transformers' PIL implementation when it has one
-    (same numbers with or without torchvision), else its default one, else a torch port."""
+    """The checkpoint's own preprocessing: the official port where transformers' processor departs
+    from the model's published transform (OFFICIAL_PROCESSORS), else transformers' PIL
+    implementation when it has one (same numbers with or without torchvision), else its default."""
     from transformers import AutoImageProcessor
 
     config_file = path / "preprocessor_config.json"
@@ -163,16 +197,17 @@ def load_image_processor(path: Path) -> Any:
         raise WeightsNotFoundError(
             f"{path} has no preprocessor_config.json: the model's own preprocessing is unknown"
         )
+    config = json.loads(config_file.read_text())
+    kind = str(config.get("image_processor_type", "")).removesuffix("Fast")
+    if kind in OFFICIAL_PROCESSORS:
+        return OFFICIAL_PROCESSORS[kind](config)
+    last_error: Exception | None = None
     with quiet_transformers():
         for kwargs in ({"backend": "pil"}, {}):
             try:
                 return AutoImageProcessor.from_pretrained(str(path), local_files_only=True, **kwargs)
             except (ImportError, ValueError, KeyError) as exc:
-                last_error: Exception = exc
-    config = json.loads(config_file.read_text())
-    kind = str(config.get("image_processor_type", "")).removesuffix("Fast")
-    if kind not in NATIVE_PROCESSORS:
-        raise BackendLoadError(
-            f"cannot load image processor {kind or '?'} from {path}: {last_error}"
-        ) from last_error
-    return NATIVE_PROCESSORS[kind](config)
+                last_error = exc
+    raise BackendLoadError(
+        f"cannot load image processor {kind or '?'} from {path}: {last_error}"
+    ) from last_error

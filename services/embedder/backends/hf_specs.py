@@ -26,7 +26,8 @@ HF_KINDS: tuple[BackendKind, ...] = (
         "open_clip",
         OpenClipOptions,
         "services.embedder.backends.open_clip_backend:load",
-        "an open_clip image tower with the transform open_clip builds (extra 'openclip')",
+        "any open_clip model (hub checkpoint, or config name + pretrained tag / weights file) with the "
+        "transform open_clip builds (extra 'openclip')",
     ),
     BackendKind(
         "jina",
@@ -63,8 +64,10 @@ HF_MODEL_SPECS: tuple[RegisteredModel, ...] = (
         name="dinov3-vitl16",
         kind="hf",
         weights="facebook/dinov3-vitl16-pretrain-lvd1689m",
-        preprocessing_note="rescale 1/255; resize 224x224 (aspect not kept) bilinear antialias; "
-        f"normalize {_IMAGENET}",
+        # The official transform (facebookresearch/dinov3 README, make_transform): the uint8 image is
+        # resized, then scaled; transformers' processor scales first (hf_processors has the port).
+        preprocessing_note="resize 224x224 (aspect not kept) bilinear antialias on the uint8 image; "
+        f"rescale 1/255; normalize {_IMAGENET}",
         pooling="pooler_output: CLS token of the normed sequence",
         dim=1024,
         notes="DINOv3 ViT-L/16 distilled (DINOv3ViTModel); gated on the Hub (licence to accept).",
@@ -75,8 +78,12 @@ HF_MODEL_SPECS: tuple[RegisteredModel, ...] = (
         name="siglip2-so400m-384",
         kind="hf",
         weights="google/siglip2-so400m-patch14-384",
-        preprocessing_note=f"resize 384x384 (aspect not kept), resample as in preprocessor_config.json; "
-        f"rescale 1/255; normalize {_HALF}",
+        # google/siglip2-so400m-patch14-384 preprocessor_config.json: SiglipImageProcessor, size
+        # 384x384, rescale_factor 1/255, image_mean = image_std = [0.5]*3, resample 2 (bilinear; as
+        # recalled from the published file, which cannot be fetched here to re-check: the backend
+        # applies whatever the checkpoint's own file says, and records it).
+        preprocessing_note=f"resize 384x384 (aspect not kept) bilinear (resample 2, read from "
+        f"preprocessor_config.json at load); rescale 1/255; normalize {_HALF}",
         pooling="map: vision tower pooler_output (attention-pooling head), = SiglipModel.get_image_features",
         dim=1152,
         notes="SigLIP 2 So400m/14 FixRes 384. The FixRes checkpoints are SigLIP-v1 graphs (model_type "
@@ -119,7 +126,8 @@ HF_MODEL_SPECS: tuple[RegisteredModel, ...] = (
         pooling="map: model.encode_image (attention-pooling head of the image tower)",
         dim=1024,
         notes="Perception Encoder Core L/14 @336 via open_clip config PE-Core-L-14-336 "
-        "(timm vit_pe_core_large_patch14_336). Needs the 'openclip' extra (torchvision).",
+        "(timm vit_pe_core_large_patch14_336; open_clip tag 'meta' names the same hub repo). "
+        "Needs the 'openclip' extra (torchvision).",
         options={"open_clip_name": "PE-Core-L-14-336"},
     ),
     RegisteredModel(

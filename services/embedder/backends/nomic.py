@@ -60,6 +60,16 @@ def check_adapter_base(path: Path) -> str | None:
     return base
 
 
+def checkpoint_key_mapping() -> dict[str, str]:
+    """The key_mapping to hand BiQwen2_5.from_pretrained. colpali-engine 0.3.18 fills a missing one
+    from Qwen2_5_VLModel._checkpoint_conversion_mapping, which transformers 5.x no longer has
+    (AttributeError before any weight is read); there the checkpoint conversions are built into
+    from_pretrained and an empty mapping adds none, so this is the same load on either."""
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
+
+    return dict(getattr(Qwen2_5_VLModel, "_checkpoint_conversion_mapping", None) or {})
+
+
 def processor_settings(processor: Any) -> Any:
     image_processor = getattr(processor, "image_processor", processor)
     return image_processor.to_dict() if hasattr(image_processor, "to_dict") else type(processor).__name__
@@ -79,7 +89,10 @@ class NomicMultimodalBackend(ModelBackend):
         self._dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
         with quiet_transformers():
             model = colpali.BiQwen2_5.from_pretrained(
-                str(self._path), dtype=self._dtype, local_files_only=True
+                str(self._path),
+                dtype=self._dtype,
+                local_files_only=True,
+                key_mapping=checkpoint_key_mapping(),
             )
             self._processor = colpali.BiQwen2_5_Processor.from_pretrained(
                 str(self._path), local_files_only=True

@@ -1,25 +1,37 @@
-"""PE-Core (and other open_clip image towers) through open_clip, with the transform open_clip
-returns alongside the model so the two cannot drift.
+"""Any open_clip image tower (PE-Core, CLIP, SigLIP, ...) through open_clip, with the transform
+open_clip returns alongside the model as the preprocessing, so the two cannot drift.
 
-open_clip imports torchvision, which the embedder's main environment must not install (its wheel
-drags its own torch); so this backend lives behind the `openclip` extra and says so when missing.
+Where the weights come from (nothing is ever downloaded):
+- a checkpoint directory holding open_clip_config.json (a hub repo such as timm/PE-Core-L-14-336,
+  given as a directory or found in the offline Hugging Face cache): open_clip's "local-dir:" loader,
+  with the preprocessing that config states;
+- `open_clip_name` + `pretrained` tag: the tag's file in the offline Hugging Face cache (or, for
+  URL-only tags, open_clip's own download folder ~/.cache/clip), preprocessed as the tag says
+  (mean/std, interpolation, resize mode), exactly what `create_model_and_transforms(name, tag)` does;
+- `open_clip_name` + a weights file (`weights`), optionally with the tag whose preprocessing it needs.
+
+open_clip imports torchvision, which must come from the same index as torch (docs/development.md),
+so this backend lives behind the `openclip` extra and says so when missing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
+from services.common.fingerprint import file_sha256
 from services.common.types import ModelInfo
 from services.embedder.backends.base import ModelBackend
+from services.embedder.backends.errors import BackendLoadError, WeightsNotFoundError
 from services.embedder.backends.hf import (
-    WeightsPath,
     apply_threads,
+    hf_cache_dir,
     require_module,
     resolve_weights,
     weights_revision,
@@ -27,6 +39,17 @@ from services.embedder.backends.hf import (
 from services.embedder.backends.provenance import checkpoint_files, model_fingerprint
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
+# open_clip's names for a hub repo's weights (open_clip.constants HF_WEIGHTS_NAME / HF_SAFE_WEIGHTS_NAME)
+HUB_WEIGHTS = "open_clip_pytorch_model.bin"
+HUB_SAFE_WEIGHTS = "open_clip_model.safetensors"
+URL_CACHE = "~/.cache/clip"  # where open_clip's download_pretrained_from_url keeps URL-only tags
+# pretrained-tag keys that are preprocessing, -> create_model_and_transforms keyword
+TAG_PREPROCESSING = {
+    "mean": "image_mean",
+    "std": "image_std",
+    "interpolation": "image_interpolation",
+    "resize_mode": "image_resize_mode",
+}
 
 if TYPE_CHECKING:
     from services.embedder.backends.options import OpenClipOptions
@@ -36,9 +59,120 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class OpenClipSpec:
     name: str
-    model_id: str  # hub repo holding open_clip_config.json + open_clip_model.safetensors
-    open_clip_name: str  # built-in config name, recorded for provenance
+    model_id: str = ""  # hub repo holding open_clip_config.json + weights ("" when named by config)
+    open_clip_name: str = ""  # open_clip model config name (open_clip.list_models())
+    pretrained: str = ""  # open_clip pretrained tag (open_clip.list_pretrained_tags_by_model(name))
+    weights: str | None = None  # a checkpoint directory, a hub cache root, or one weights file
     max_batch: int = 16
+
+
+@dataclass(frozen=True)
+class OpenClipSource:
+    """What create_model_and_transforms is called with, and where the weights lie."""
+
+    model_name: str  # an open_clip config name, or "local-dir:<checkpoint directory>"
+    checkpoint: Path  # the checkpoint directory (local-dir) or the one weights file
+    pretrained: str | None = None  # the weights file passed as `pretrained` (None for local-dir)
+    overrides: dict[str, Any] = field(default_factory=dict)  # the tag's preprocessing, as kwargs
+
+    def create_kwargs(self) -> dict[str, Any]:
+        return {"pretrained": self.pretrained, **self.overrides}
+
+
+def tag_preprocessing(tag_config: dict[str, Any]) -> dict[str, Any]:
+    """A pretrained tag's preprocessing as create_model_and_transforms keywords."""
+    return {
+        keyword: tuple(value) if isinstance(value, list) else value
+        for key, keyword in TAG_PREPROCESSING.items()
+        if (value := tag_config.get(key)) is not None
+    }
+
+
+def tag_weights_in_cache(
+    open_clip_name: str, tag: str, tag_config: dict[str, Any], root: Path | None
+) -> Path:
+    """The tag's weights file from the offline Hugging Face cache (or `root` as the cache root), or
+    for URL-only tags from open_clip's download folder (or `root`); WeightsNotFoundError otherwise."""
+    searched: list[str] = []
+    fetch = ""
+    if tag_config.get("file"):
+        return Path(tag_config["file"]).expanduser()
+    hub = tag_config.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        filename = filename or HUB_WEIGHTS
+        # open_clip prefers a .safetensors twin of the named file when the repo has one
+        twin = (
+            HUB_SAFE_WEIGHTS
+            if filename == HUB_WEIGHTS
+            else (
+                filename.rsplit(".", 1)[0] + ".safetensors" if filename.endswith((".bin", ".pth")) else None
+            )
+        )
+        cache = root if root is not None else hf_cache_dir()
+        for candidate in [name for name in (twin, filename) if name]:
+            found = try_to_load_from_cache(repo, candidate, cache_dir=str(cache))
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+        searched.append(f"Hugging Face cache {cache} ({repo}/{twin or filename})")
+        fetch = (
+            f" On a machine with internet access run `hf download {repo} {twin or filename}` with "
+            f"HF_HUB_CACHE pointing at a cache you then copy here, or pass the file as weights."
+        )
+    url = tag_config.get("url", "")
+    if url:
+        folder = root if root is not None else Path(URL_CACHE).expanduser()
+        candidate_file = folder / os.path.basename(url)
+        if candidate_file.is_file():
+            return candidate_file
+        searched.append(str(candidate_file))
+        fetch = fetch or f" Download {url} on a machine with internet access and pass it as weights."
+    raise WeightsNotFoundError(
+        f"No weights found for open_clip {open_clip_name!r} pretrained {tag!r}. "
+        f"Searched: {'; '.join(searched) or 'nothing (the tag names no file)'}.{fetch}"
+    )
+
+
+def resolve_source(open_clip: Any, spec: OpenClipSpec) -> OpenClipSource:
+    """Decide how to build the model from the spec's name, tag, hub id and weights (see module doc)."""
+    weights = Path(spec.weights).expanduser() if spec.weights else None
+    name, tag = spec.open_clip_name, spec.pretrained
+    if name and name not in open_clip.list_models():
+        raise BackendLoadError(
+            f"{spec.name}: open_clip has no model config {name!r} (open_clip.list_models() names them)"
+        )
+    overrides: dict[str, Any] = {}
+    tag_config: dict[str, Any] = {}
+    if tag:
+        if not name:
+            raise BackendLoadError(f"{spec.name}: pretrained tag {tag!r} needs open_clip_name")
+        tag_config = dict(open_clip.get_pretrained_cfg(name, tag) or {})
+        if not tag_config:
+            known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+            raise BackendLoadError(
+                f"{spec.name}: open_clip {name!r} has no pretrained tag {tag!r}; known: {known}"
+            )
+        overrides = tag_preprocessing(tag_config)
+
+    if weights is not None and weights.is_file():
+        if not name:
+            raise BackendLoadError(
+                f"{spec.name}: weights file {weights} needs open_clip_name (the architecture it fits)"
+            )
+        return OpenClipSource(name, weights, str(weights), overrides)
+    if spec.model_id or (weights is not None and (weights / OPEN_CLIP_CONFIG).is_file()):
+        path = resolve_weights(spec.model_id or None, weights, required=(OPEN_CLIP_CONFIG,))
+        return OpenClipSource(f"local-dir:{path}", path, None, overrides)
+    if name and tag:
+        file = tag_weights_in_cache(name, tag, tag_config, weights)
+        return OpenClipSource(name, file, str(file), overrides)
+    raise WeightsNotFoundError(
+        f"{spec.name}: no weights. Give open_clip_name with a pretrained tag (weights from the offline "
+        "Hugging Face cache) or a weights file, or a checkpoint directory holding "
+        f"{OPEN_CLIP_CONFIG} (or its hub id as model_id)."
+    )
 
 
 def describe_transform(transform: Any) -> str:
@@ -57,28 +191,47 @@ def describe_transform(transform: Any) -> str:
     return "open_clip: " + "; ".join(steps)
 
 
+def preprocess_record(open_clip: Any, model: Any, transform: Any) -> dict[str, Any]:
+    """The preprocessing as data for the fingerprint: open_clip's final config plus the transform."""
+    config = (
+        open_clip.get_model_preprocess_cfg(model) if hasattr(open_clip, "get_model_preprocess_cfg") else {}
+    )
+    return {
+        "config": {key: list(v) if isinstance(v, tuple) else v for key, v in dict(config).items()},
+        "transform": describe_transform(transform),
+    }
+
+
 class OpenClipImageBackend(ModelBackend):
-    def __init__(self, spec: OpenClipSpec, weights: WeightsPath | None = None, device: str = "cpu") -> None:
+    def __init__(self, spec: OpenClipSpec, device: str = "cpu") -> None:
         open_clip = require_module("open_clip", extra="openclip", purpose=f"backend {spec.name} (open_clip)")
         import torch
 
         self._spec = spec
-        self._path: Path = resolve_weights(spec.model_id, weights, required=(OPEN_CLIP_CONFIG,))
+        self._source = resolve_source(open_clip, spec)
         self._device = torch.device(device)
         model, _, transform = open_clip.create_model_and_transforms(
-            f"local-dir:{self._path}", device=self._device
+            self._source.model_name, device=self._device, **self._source.create_kwargs()
         )
         self._model = model.eval()
         self._transform = transform
         self._preprocessing = describe_transform(transform)
-        self._revision = weights_revision(self._path)
+        checkpoint = self._source.checkpoint
+        if checkpoint.is_dir():
+            self._revision = weights_revision(checkpoint)
+            weight_hashes = checkpoint_files(checkpoint)  # open_clip_config.json + the weights
+        else:
+            weight_hashes = {checkpoint.name: file_sha256(checkpoint)}
+            self._revision = "sha256:" + weight_hashes[checkpoint.name][:16]
         self._dim = int(self.forward([self.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))]).shape[1])
         self._fingerprint = model_fingerprint(
             backend="open_clip",
-            weights=checkpoint_files(self._path),  # open_clip_config.json + the safetensors
-            preprocessing=self._preprocessing,
+            weights=weight_hashes,
+            preprocessing=preprocess_record(open_clip, self._model, transform),
             pooling="encode_image",
-            libraries=("torch", "open_clip_torch", "torchvision", "pillow"),
+            open_clip_name=spec.open_clip_name,
+            pretrained=spec.pretrained,
+            libraries=("torch", "open_clip_torch", "timm", "torchvision", "pillow"),
         )
 
     def info(self) -> ModelInfo:
@@ -93,7 +246,8 @@ class OpenClipImageBackend(ModelBackend):
             details={
                 "model_id": self._spec.model_id,
                 "open_clip_name": self._spec.open_clip_name,
-                "weights": str(self._path),
+                "pretrained": self._spec.pretrained,
+                "weights": str(self._source.checkpoint),
                 "device": str(self._device),
                 "compute_dtype": "float32",
             },
@@ -114,6 +268,9 @@ class OpenClipImageBackend(ModelBackend):
             features = self._model.encode_image(batch)
         return features.float().cpu().numpy().astype(np.float32, copy=False)
 
+    def close(self) -> None:
+        self._model = None
+
 
 def load(name: str, options: OpenClipOptions, runtime: Runtime) -> ModelBackend:
     """Loader of kind "open_clip" (options: services.embedder.backends.options.OpenClipOptions)."""
@@ -122,6 +279,8 @@ def load(name: str, options: OpenClipOptions, runtime: Runtime) -> ModelBackend:
         name=name,
         model_id=options.model_id or "",
         open_clip_name=options.open_clip_name,
+        pretrained=options.pretrained or "",
+        weights=options.weights,
         max_batch=runtime.max_batch,
     )
-    return OpenClipImageBackend(open_clip_spec, weights=options.weights, device=runtime.device)
+    return OpenClipImageBackend(open_clip_spec, device=runtime.device)

@@ -177,7 +177,20 @@ class JinaOptions(HubModelOptions):
 
 
 class OpenClipOptions(HubModelOptions):
-    open_clip_name: str = Field("", description="open_clip config name, recorded for provenance")
+    """Any open_clip model: a hub checkpoint with open_clip_config.json (model_id / weights
+    directory), or a config name with a pretrained tag and/or a weights file."""
+
+    weights: str | None = Field(
+        None,
+        description="checkpoint directory (open_clip_config.json + weights), a Hugging Face hub cache "
+        "root, or one weights file (.safetensors/.bin/.pt) for open_clip_name",
+    )
+    open_clip_name: str = Field("", description="open_clip model config name (open_clip.list_models())")
+    pretrained: str | None = Field(
+        None,
+        description="open_clip pretrained tag: its weights come from the offline Hugging Face cache "
+        "(never downloaded) unless `weights` is a file, and its preprocessing is applied",
+    )
 
 
 class NomicOptions(HubModelOptions):
