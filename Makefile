@@ -19,7 +19,7 @@ MODELS_VENV ?= .venv-models
 MODELS_BIN := $(MODELS_VENV)/bin
 MODELS_PIP := env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null PYTHONWARNINGS=ignore \
 	$(MODELS_BIN)/python -m pip install --quiet
-MODELS_EXTRAS := embedder,openclip,nomic
+MODELS_EXTRAS := embedder,openclip,nomic,timm
 
 .PHONY: quickstart test test-models install install-dev install-models proto bench clean
 
