@@ -251,6 +251,9 @@ def table(
         None, "--against",
         help="'published' (the report's Table 3, shipped) or a CSV of published values: reproduced, published, delta",
     ),
+    published_setting: str = typer.Option(
+        "", "--published-setting", help="with --against: compare with another published setting, e.g. '768 px'"
+    ),
     view: str = typer.Option(
         "leaderboard", "--view", help="leaderboard, or an analysis: open-set, scaling, compression, pareto"
     ),
@@ -271,7 +274,7 @@ def table(
         from services.evaluator.published import comparisons_for_runs, load_published, render_comparisons
 
         published = load_published(None if against == "published" else Path(against))
-        text = render_comparisons(comparisons_for_runs(runs, published), fmt)
+        text = render_comparisons(comparisons_for_runs(runs, published, setting=published_setting), fmt)
     else:
         text = render_table(runs, fmt) if view == "leaderboard" else render_analysis_view(runs, view, fmt)
     if out:

@@ -131,7 +131,7 @@ def compare_with_published(
 
 
 def comparisons_for_runs(runs, published: Sequence[PublishedValue] | None = None, *,
-                         tolerance: float = DEFAULT_TOLERANCE) -> list[Comparison]:
+                         tolerance: float = DEFAULT_TOLERANCE, setting: str = "") -> list[Comparison]:
     """Every metric of every run record beside its published value (runs: RunResult objects).
     The dataset name of a run is matched case-insensitively to the published one ("SOP" = "sop")."""
     table = load_published() if published is None else published
@@ -141,7 +141,7 @@ def comparisons_for_runs(runs, published: Sequence[PublishedValue] | None = None
         for run in runs
         for metric, value in run.metrics.items()
     ]
-    return compare_with_published(reproduced, table, tolerance=tolerance)
+    return compare_with_published(reproduced, table, tolerance=tolerance, setting=setting)
 
 
 def render_comparisons(rows: Sequence[Comparison], fmt: str = "markdown", *,

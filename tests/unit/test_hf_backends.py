@@ -146,6 +146,33 @@ def test_dinov3_matches_pooler_output(dinov3_dir, photos):
     assert "224x224" in info.preprocessing and "bilinear antialias" in info.preprocessing
 
 
+def test_dinov3_at_an_ilias_test_resolution_keeps_each_photos_aspect(dinov3_dir, photos):
+    """ILIAS's own feature extraction resizes the longer side to the test resolution (224 or 768
+    for DINOv3) without a crop: an `hf` model with that preprocessing as data embeds each photo
+    at its own shape, as the model alone would, and says so in Info and the fingerprint."""
+    from services.embedder.backends.registry import build_backend
+    from services.embedder.batching import forward_checked
+
+    directory, model = dinov3_dir
+    ilias = build_backend("hf", {"weights": str(directory), "preprocessing": {"resize": "longer", "resize_to": 64}},
+                          name="dinov3-ilias-64")
+    default = build_backend("hf", {"weights": str(directory)}, name="dinov3-default")
+    info = ilias.info()
+    assert "resize longer edge to 64" in info.preprocessing and "no crop" in info.preprocessing
+    assert info.fingerprint != default.info().fingerprint
+    inputs = [ilias.preprocess(image) for image in photos]
+    assert {x.shape[1:] for x in inputs} == {(48, 64), (64, 44), (46, 64), (24, 64)}
+    # the checkpoint's own mean/std (DINOv3 uses ImageNet's) are kept
+    first = np.asarray(photos[0].resize((64, 48), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    expected = ((first - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])).transpose(2, 0, 1)
+    np.testing.assert_allclose(inputs[0], expected, atol=1e-5)
+    embeddings = forward_checked(ilias, [str(i) for i in range(len(inputs))], inputs, info.dim)
+    for x, embedding in zip(inputs, embeddings):
+        with torch.no_grad():
+            alone = model(pixel_values=torch.from_numpy(x[None])).pooler_output[0].numpy()
+        np.testing.assert_allclose(embedding.vector, alone, rtol=1e-4, atol=1e-5)
+
+
 def test_dinov3_preprocessing_matches_pil_uint8_resize(dinov3_dir, photos):
     """DINOv3's official transform resizes the uint8 image, then scales (tests/models checks the
     port against torchvision's own transform exactly); here, without torchvision, the same steps

@@ -13,6 +13,7 @@ its weight resolution and errors).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import os
@@ -40,6 +41,7 @@ from services.embedder.backends.hf_processors import (
     processor_record,
     quiet_transformers,
 )
+from services.embedder.backends.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from services.embedder.backends.provenance import checkpoint_files, model_fingerprint
 
 if TYPE_CHECKING:
@@ -189,6 +191,8 @@ class HFImageSpec:
     pooling: str = "pooler"
     max_batch: int = 64
     dtype: str = "float32"  # torch dtype name the weights and inputs are computed in
+    # Preprocessing as data instead of the checkpoint's processor (ILIAS's longer-side resize).
+    preprocessing: Preprocessing | None = None
 
 
 class TransformersImageBackend(ModelBackend):
@@ -218,7 +222,10 @@ class TransformersImageBackend(ModelBackend):
             model = model_class.from_pretrained(str(self._path), local_files_only=True, dtype=self._dtype)
         self._model = model.to(self._device).eval()
         self._processor = load_image_processor(self._path)
-        self._preprocessing = describe_processor(self._processor)
+        self._override = _with_checkpoint_normalisation(spec.preprocessing, self._processor)
+        self._preprocessing = (
+            self._override.describe() if self._override is not None else describe_processor(self._processor)
+        )
         self._thread_state = threading.local()
         self._revision = weights_revision(self._path)
         probe = self.preprocess(Image.new("RGB", (64, 64), (127, 127, 127)))
@@ -226,7 +233,7 @@ class TransformersImageBackend(ModelBackend):
         self._fingerprint = model_fingerprint(
             backend="transformers",
             weights=checkpoint_files(self._path),
-            preprocessing=processor_record(self._processor),
+            preprocessing=self._override if self._override is not None else processor_record(self._processor),
             pooling=spec.pooling,
             compute_dtype=spec.dtype,
             model_class=spec.model_class,
@@ -257,6 +264,8 @@ class TransformersImageBackend(ModelBackend):
         )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
+        if self._override is not None:  # preprocessing as data (thread-safe, no processor)
+            return self._override(image)
         # Each worker thread gets its own processor copy: transformers does not promise that
         # processors are safe to call concurrently.
         processor = getattr(self._thread_state, "processor", None)
@@ -304,5 +313,18 @@ def load(name: str, options: TransformersOptions, runtime: Runtime) -> ModelBack
         pooling=options.pooling,
         max_batch=runtime.max_batch,
         dtype=options.dtype,
+        preprocessing=options.preprocessing,
     )
     return TransformersImageBackend(hf_spec, weights=options.weights, device=runtime.device)
+
+
+def _with_checkpoint_normalisation(preprocessing: Preprocessing | None, processor: Any) -> Preprocessing | None:
+    """An override that left mean/std at their ImageNet defaults takes the checkpoint's own
+    (SigLIP's 0.5 / 0.5, say): the override is meant to change the geometry, not the model's input
+    statistics."""
+    if preprocessing is None:
+        return None
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if mean is None or std is None or (preprocessing.mean, preprocessing.std) != (IMAGENET_MEAN, IMAGENET_STD):
+        return preprocessing
+    return dataclasses.replace(preprocessing, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))

@@ -166,6 +166,11 @@ class TransformersOptions(HubModelOptions):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="compute dtype of the weights and inputs (vectors are returned as float32)"
     )
+    preprocessing: Preprocessing | None = Field(
+        None,
+        description="replaces the checkpoint's image processor with preprocessing as data, e.g. ILIAS's "
+        "test resolution: {resize: longer, resize_to: 768} (mean/std: the checkpoint's, unless given)",
+    )
 
 
 class JinaOptions(HubModelOptions):
