@@ -424,6 +424,58 @@ def embed(
         raise typer.Exit(code=1)
 
 
+# ---- sharded exact search (an Indexed Job per shard, then one merge; docs/deployment.md) -----
+@app.command("search-shard")
+def search_shard_command(
+    queries: Path = typer.Option(..., "--queries", help="queries .npy (N_q x D, float16/32)"),
+    gallery: Path = typer.Option(..., "--gallery", help="gallery .npy (N x D, float16/32), read memory-mapped"),
+    shard: str = typer.Option(..., "--shard", help="i/N: this process scores gallery rows [N_g*i//N, N_g*(i+1)//N)"),
+    k: int = typer.Option(..., "--k", min=1, help="candidates kept per query"),
+    out: Path = typer.Option(..., "--out", help="shard file (.npz) to write"),
+    exclude: Optional[Path] = typer.Option(
+        None, "--exclude", help="int .npy: per query a global gallery position never returned (intra self-match) or -1"
+    ),
+    engine: str = typer.Option("auto", help="GEMM engine: auto (calibrated), torch, numpy"),
+) -> None:
+    """Exact top-K of every query within one contiguous gallery shard; `vsbench search-merge`
+    combines the shard files into the single-process result."""
+    import numpy as np
+
+    from services.evaluator.sharded_search import Shard, load_exclude, load_matrix, search_shard, write_npz
+
+    _check_engine(engine)
+    spec = Shard.parse(shard)
+    if out.exists():
+        _fail(f"{out} already exists; results are never overwritten")
+    q = load_matrix(queries, "queries")
+    g = load_matrix(gallery, "gallery")
+    ex = None if exclude is None else load_exclude(exclude)
+    arrays = search_shard(np.asarray(q, dtype=np.float32), g, spec, k, exclude=ex, engine=engine)
+    write_npz(out, arrays)
+    console.print(
+        f"shard {spec.index}/{spec.count}: gallery rows {int(arrays['start'])}..{int(arrays['stop'])}, "
+        f"{q.shape[0]} queries, k={k} -> {out}",
+        highlight=False,
+    )
+
+
+@app.command("search-merge")
+def search_merge_command(
+    parts: list[Path] = typer.Argument(..., help="every shard file of one search (part-*.npz), or their folder"),
+    out: Path = typer.Option(..., "--out", help="top-K file (.npz: indices, scores) to write"),
+) -> None:
+    """Merge `vsbench search-shard` files into the final top-K (score desc, gallery position asc)."""
+    from services.evaluator.sharded_search import merge_shards, shard_files, topk_arrays, write_npz
+
+    if out.exists():
+        _fail(f"{out} already exists; results are never overwritten")
+    files = shard_files(parts)
+    top = merge_shards(files)
+    write_npz(out, topk_arrays(top))
+    console.print(f"merged {len(files)} shard files: {top.indices.shape[0]} queries, k={top.indices.shape[1]} -> {out}",
+                  highlight=False)
+
+
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("vsbench-quickstart"), "--out", help="where results and the report go"),

@@ -1,21 +1,37 @@
 """Exact top-K by dot product over L2-normalised float32 vectors, memory bounded.
 
 The gallery is scanned in blocks (a numpy array, a np.memmap on disk, or any sequence of blocks),
-each block scored with one matrix product, its top-K kept, and the per-block candidates merged.
-Ties are broken deterministically: score descending, then gallery position ascending. In intra
-retrieval the query's own gallery position is excluded (self-match removal by image identity).
+each (query block x gallery block) tile scored with one float32 matrix product into a reused
+buffer. Selection costs two cheap passes over the tile instead of a full partition per row: the
+maxima of 2k-4k interleaved column groups give a score that at least k entries reach (so the
+top-k are all at or above it, on any data), combined with the k-th best kept so far; only the
+~1.2-1.4 k entries per row at or above it become candidates, ranked as 64-bit keys
+(topk_keys.py). Row chunks of a few MiB run on all cores while they sit in cache.
 
-torch is used when importable (and its GPU when present): torch.topk is ~15x cheaper than numpy's
-argpartition at 60k x 1024 on these CPUs; numpy is the fallback so the evaluator core needs no torch.
+Ties are broken deterministically: score descending, then gallery position ascending, the same
+for every engine, k and block size. In intra retrieval the query's own gallery position is excluded
+(self-match removal by image identity).
+
+Engines differ only in who computes the GEMM: "numpy" (its BLAS, OpenBLAS in the wheels) or
+"torch" (MKL on x86 CPUs, or the GPU when present). "auto" takes the GPU when torch sees one and
+otherwise whichever CPU GEMM a short calibration found faster on this machine (search_engine.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
 
 import numpy as np
+
+from services.evaluator import topk_keys
+from services.evaluator.search_engine import resolve_engine
+
+__all__ = ["TIE_RULE", "Engine", "TopK", "exact_topk", "l2_normalize", "resolve_engine"]
 
 Engine = Literal["auto", "torch", "numpy"]
 TIE_RULE = "score descending, then gallery position ascending"
@@ -23,6 +39,8 @@ TIE_RULE = "score descending, then gallery position ascending"
 # constant memory (1024 queries x 64k gallery rows x 4 B = 256 MiB).
 DEFAULT_TILE_BYTES = 256 * 1024 * 1024
 DEFAULT_QUERY_BLOCK = 1024
+# Groups per row for the threshold at small k (k = 100: ~1.05 k candidates per row).
+_MIN_GROUPS = 1000
 
 
 @dataclass(frozen=True)
@@ -40,120 +58,222 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return v / np.where(norms > 0, norms, 1.0)
 
 
-def resolve_engine(engine: Engine = "auto") -> str:
-    if engine not in ("auto", "torch", "numpy"):
-        raise ValueError(f"unknown search engine {engine!r}: use auto, torch or numpy")
-    if engine == "auto":
-        return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
-    if engine == "torch" and importlib.util.find_spec("torch") is None:
-        raise RuntimeError("search engine 'torch' requested but torch is not installed")
-    return engine
-
-
 def _gallery_blocks(gallery: np.ndarray | Iterable[np.ndarray], rows: int) -> Iterator[np.ndarray]:
-    if isinstance(gallery, np.ndarray):
-        for start in range(0, gallery.shape[0], rows):
-            yield gallery[start : start + rows]
-    else:
-        yield from gallery
+    blocks = [gallery] if isinstance(gallery, np.ndarray) else gallery
+    for block in blocks:  # a block larger than a tile is split, so the score buffer stays bounded
+        for start in range(0, block.shape[0], rows):
+            yield block[start : start + rows]
 
 
-def _merge(best_s: np.ndarray, best_i: np.ndarray, cand_s: np.ndarray, cand_i: np.ndarray, k: int):
-    """Keep the k best of two candidate sets under the tie rule (score desc, index asc)."""
-    scores = np.concatenate([best_s, cand_s], axis=1)
-    indices = np.concatenate([best_i, cand_i], axis=1)
-    # Empty slots carry index -1 and score -inf; give them the largest index so they sort last.
-    sort_index = np.where(indices < 0, np.iinfo(np.int64).max, indices)
-    order = np.lexsort((sort_index, -scores.astype(np.float64)), axis=1)[:, :k]
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
+def _threshold(scores: np.ndarray, k: int, floor: np.ndarray) -> np.ndarray:
+    """Per row a score that each of the row's top-k reaches, at most a few tenths above k
+    candidates per row.
+
+    The row's columns are dealt into G >= k interleaved groups (column c into group c mod G) and
+    each group's maximum taken (one elementwise-max pass). The k-th largest of those maxima is a
+    bound: k groups hold an entry at least that large, so the k-th best entry of the row is too.
+    With G = 2k to 4k, about 1.2-1.4 k entries reach it on random data; on any data it is exact
+    (nothing sampled, nothing to repair). `floor` (the k-th best kept from earlier gallery blocks)
+    raises it where higher.
+    """
+    n = scores.shape[1]
+    groups = min(n // 2, max(2 * k, _MIN_GROUPS))
+    if groups < k:  # fewer than 2k columns: the exact k-th best
+        return np.maximum(np.partition(scores, n - k, axis=1)[:, n - k], floor)
+    length = n // groups
+    maxima = scores[:, : groups * length].reshape(scores.shape[0], length, groups).max(axis=1)
+    return np.maximum(np.partition(maxima, groups - k, axis=1)[:, groups - k], floor)
 
 
-def _first_candidates(cand_s: np.ndarray, cand_i: np.ndarray, k: int):
-    """The first block's candidates as the running best, without a full merge: they come sorted by
-    score, so only rows holding equal scores need re-ordering by index (the tie rule); short lists
-    are padded with empty slots."""
-    tied = np.flatnonzero((cand_s[:, 1:] == cand_s[:, :-1]).any(axis=1)) if cand_s.shape[1] > 1 else []
-    if len(tied):
-        order = np.lexsort((cand_i[tied], -cand_s[tied].astype(np.float64)), axis=1)
-        cand_s, cand_i = cand_s.copy(), cand_i.copy()
-        cand_s[tied] = np.take_along_axis(cand_s[tied], order, 1)
-        cand_i[tied] = np.take_along_axis(cand_i[tied], order, 1)
-    missing = k - cand_s.shape[1]
-    if missing > 0:
-        cand_s = np.pad(cand_s, ((0, 0), (0, missing)), constant_values=-np.inf)
-        cand_i = np.pad(cand_i, ((0, 0), (0, missing)), constant_values=-1)
-    return cand_s, cand_i
+def _chunk_keys(scores: np.ndarray, k: int, offset: int, floor: np.ndarray) -> np.ndarray:
+    """The k best candidates of each row of a few score rows: keys, ranked, padded.
+
+    floor: per row, the k-th best score kept so far (-inf while fewer than k are kept); an entry
+    below it cannot enter the top-k.
+    """
+    n_rows, n = scores.shape
+    if n <= k:
+        keys = topk_keys.encode(scores, np.arange(offset, offset + n)[None, :].repeat(n_rows, 0))
+        return topk_keys.smallest(keys, k, ordered=True)
+    flat = np.flatnonzero(scores >= _threshold(scores, k, floor)[:, None])
+    rows = flat // n
+    keys = topk_keys.encode(scores.ravel()[flat], flat - rows * n + offset)
+    return topk_keys.smallest(topk_keys.pack_rows(rows, keys, n_rows), k, ordered=True)
 
 
-class _TorchScorer:
-    def __init__(self, device: str | None) -> None:
+def _tile_keys(scores: np.ndarray, k: int, offset: int, floor: np.ndarray) -> np.ndarray:
+    """_chunk_keys over row chunks of about _CHUNK_BYTES on all cores: each chunk's passes run
+    while it sits in cache, and numpy releases the GIL in every step that costs."""
+    n_rows, n = scores.shape
+    step = max(1, _CHUNK_BYTES // (4 * n))
+    if n_rows <= step:
+        return _chunk_keys(scores, k, offset, floor)
+    out = np.empty((n_rows, k), dtype=np.uint64)
+
+    def run(start: int) -> None:
+        rows = slice(start, start + step)
+        out[rows] = _chunk_keys(scores[rows], k, offset, floor[rows])
+
+    list(_pool().map(run, range(0, n_rows, step)))
+    return out
+
+
+_CHUNK_BYTES = 4 * 1024 * 1024
+_workers: list[ThreadPoolExecutor] = []
+
+
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _workers:
+        _workers.append(ThreadPoolExecutor(_cores(), thread_name_prefix="topk"))
+    return _workers[0]
+
+
+def _exclude(scores, exclude: np.ndarray | None, offset: int, n: int, minus_inf) -> None:
+    if exclude is None:
+        return
+    rows = np.flatnonzero((exclude >= offset) & (exclude < offset + n))
+    if rows.size:
+        scores[rows, exclude[rows] - offset] = minus_inf
+
+
+class _Scratch:
+    """Score and cast buffers kept between searches: faulting in a fresh 256 MiB costs 5-10 % of
+    a 60k-gallery search. A caller takes a buffer (another thread meanwhile gets a new one) and
+    gives it back; at most one of each kind is kept."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kept: dict[str, np.ndarray] = {}
+
+    def take(self, kind: str, size: int) -> np.ndarray:
+        with self.lock:
+            buffer = self.kept.pop(kind, None)
+        if buffer is None or buffer.size < size:
+            buffer = np.empty(size, dtype=np.float32)
+        return buffer
+
+    def give(self, kind: str, buffer: np.ndarray) -> None:
+        with self.lock:
+            if buffer.size > self.kept.get(kind, np.empty(0)).size:
+                self.kept[kind] = buffer
+
+    def release(self) -> None:
+        with self.lock:
+            self.kept.clear()
+
+
+_scratch = _Scratch()
+
+
+def release_buffers() -> None:
+    """Free the buffers kept between searches (up to 2 x DEFAULT_TILE_BYTES)."""
+    _scratch.release()
+
+
+class _CpuScorer:
+    """GEMM by numpy's BLAS or torch's into one reused buffer; selection in numpy."""
+
+    def __init__(self, engine: str) -> None:
+        self.torch = None
+        if engine == "torch":
+            import torch
+
+            self.torch = torch
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def _buffer(self, kind: str, size: int) -> np.ndarray:
+        buffer = self.buffers.get(kind)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffers[kind] = _scratch.take(kind, size)
+        return buffer[:size]
+
+    def close(self) -> None:
+        for kind, buffer in self.buffers.items():
+            _scratch.give(kind, buffer)
+        self.buffers = {}
+
+    def queries(self, q: np.ndarray) -> np.ndarray:
+        return np.array(q, dtype=np.float32, order="C", copy=True)
+
+    def gallery(self, block: np.ndarray) -> np.ndarray:
+        usable = block.dtype == np.float32 and block.flags.c_contiguous
+        if usable and (self.torch is None or block.flags.writeable):  # torch wants writable memory
+            return block
+        out = self._buffer("cast", block.shape[0] * block.shape[1]).reshape(block.shape)
+        # float16 (or float64) -> float32 per block, on all cores: the copy also pages a memmap in
+        step = max(1024, -(-block.shape[0] // _cores()))
+
+        def cast(start: int) -> None:
+            np.copyto(out[start : start + step], block[start : start + step], casting="unsafe")
+
+        list(_pool().map(cast, range(0, block.shape[0], step)))
+        return out
+
+    def tile_keys(self, q, g, k: int, offset: int, exclude, floor) -> np.ndarray:
+        scores = self._buffer("scores", q.shape[0] * g.shape[0]).reshape(q.shape[0], g.shape[0])
+        if self.torch is None:
+            np.matmul(q, g.T, out=scores)
+        else:
+            t = self.torch
+            t.matmul(t.from_numpy(q), t.from_numpy(g).T, out=t.from_numpy(scores))
+        _exclude(scores, exclude, offset, g.shape[0], -np.inf)
+        return _tile_keys(scores, k, offset, floor)
+
+
+class _CudaScorer:
+    """GEMM and top-k on the GPU; a row whose k-th and (k+1)-th scores tie is ranked again on the
+    host, since torch.topk does not promise which of equal scores it keeps at the cut-off."""
+
+    def __init__(self, device: str) -> None:
         import torch
 
         self.torch = torch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device)
+
+    def close(self) -> None:
+        pass
 
     def queries(self, q: np.ndarray):
-        return self.torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
+        return self.torch.from_numpy(np.array(q, dtype=np.float32, copy=True)).to(self.device)
 
-    def block_topk(self, q, block: np.ndarray, k: int, offset: int, exclude: np.ndarray | None):
+    def gallery(self, block: np.ndarray):
+        return self.torch.from_numpy(np.array(block, dtype=np.float32, copy=True)).to(self.device)
+
+    def tile_keys(self, q, g, k: int, offset: int, exclude, floor) -> np.ndarray:
         torch = self.torch
-        block = np.ascontiguousarray(block, dtype=np.float32)
-        if not block.flags.writeable:  # a read-only memmap: torch wants a writable buffer
-            block = block.copy()
-        g = torch.from_numpy(block).to(self.device)
         scores = q @ g.T
         if exclude is not None:
-            rows = np.flatnonzero((exclude >= offset) & (exclude < offset + block.shape[0]))
+            rows = np.flatnonzero((exclude >= offset) & (exclude < offset + g.shape[0]))
             if rows.size:
-                scores[torch.from_numpy(rows).to(self.device), torch.from_numpy(exclude[rows] - offset).to(self.device)] = float("-inf")
-        kk = min(k + 1, scores.shape[1])
+                r = torch.from_numpy(rows).to(self.device)
+                c = torch.from_numpy(exclude[rows] - offset).to(self.device)
+                scores[r, c] = float("-inf")
+        n = scores.shape[1]
+        kk = min(k + 1, n)
         top_s, top_i = torch.topk(scores, kk, dim=1, largest=True, sorted=True)
         top_s, top_i = top_s.cpu().numpy(), top_i.cpu().numpy().astype(np.int64)
-        # torch.topk does not promise which of several equal scores it keeps at the cut-off; where
-        # the k-th and (k+1)-th scores tie, rank that row again with a stable sort.
+        keys = np.sort(topk_keys.encode(top_s[:, :k], top_i[:, :k] + offset), axis=1)
         if kk > k:
-            tied = np.flatnonzero(top_s[:, k - 1] == top_s[:, k])
-            for row in tied:
+            for row in np.flatnonzero(top_s[:, k - 1] == top_s[:, k]):
                 full = scores[row].cpu().numpy()
-                order = np.argsort(-full.astype(np.float64), kind="stable")[:k]
-                top_s[row, :k], top_i[row, :k] = full[order], order
-            top_s, top_i = top_s[:, :k], top_i[:, :k]
-        return top_s, top_i + offset
+                row_keys = topk_keys.encode(full, np.arange(offset, offset + n))
+                keys[row] = np.sort(row_keys)[:k]
+        return keys
 
 
-class _NumpyScorer:
-    def queries(self, q: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(q, dtype=np.float32)
+def _scorer(engine: str, device: str | None):
+    if engine == "torch":
+        import torch
 
-    def block_topk(self, q: np.ndarray, block: np.ndarray, k: int, offset: int, exclude: np.ndarray | None):
-        scores = q @ np.ascontiguousarray(block, dtype=np.float32).T
-        if exclude is not None:
-            rows = np.flatnonzero((exclude >= offset) & (exclude < offset + block.shape[0]))
-            scores[rows, exclude[rows] - offset] = -np.inf
-        n = scores.shape[1]
-        kk = min(k, n)
-        if kk < n:
-            # argpartition over whole rows cost ~3x the matmul (bench/search.py). The k-th best of
-            # every `stride`-th column bounds each row's k-th best from below, so only the few
-            # columns at or above it (~k * stride) are candidates; select among those exactly.
-            stride = max(1, min(8, n // kk))
-            sample = scores[:, ::stride]
-            bound = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk]
-            part = np.empty((scores.shape[0], kk), dtype=np.int64)
-            for row in range(scores.shape[0]):
-                idx = np.flatnonzero(scores[row] >= bound[row])
-                vals = scores[row, idx]
-                kth = np.partition(vals, vals.size - kk)[vals.size - kk]
-                # Everything strictly above the k-th best score is in; fill up with tied items in
-                # gallery order (idx is ascending), so the cut-off obeys the tie rule too.
-                above = idx[vals > kth]
-                part[row, : above.size] = above
-                part[row, above.size :] = idx[vals == kth][: kk - above.size]
-        else:
-            part = np.broadcast_to(np.arange(kk), (scores.shape[0], kk))
-        top_s = np.take_along_axis(scores, part, 1)
-        order = np.lexsort((part, -top_s.astype(np.float64)), axis=1)
-        return np.take_along_axis(top_s, order, 1), np.take_along_axis(part, order, 1).astype(np.int64) + offset
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.device(device).type != "cpu":
+            return _CudaScorer(device)
+    return _CpuScorer(engine)
 
 
 def exact_topk(
@@ -169,9 +289,10 @@ def exact_topk(
     query_block: int = DEFAULT_QUERY_BLOCK,
     progress=None,
 ) -> TopK:
-    """Exact top-k gallery positions for each query row.
+    """Exact top-k gallery positions for each query row, ranked by the tie rule.
 
-    gallery: an (N, D) array (np.memmap streams from disk) or an iterable of (n_i, D) blocks.
+    gallery: an (N, D) array (np.memmap streams from disk; float16 is converted per block) or an
+    iterable of (n_i, D) blocks.
     exclude: per query, a gallery position never to return (its own image in intra), or -1.
     normalize: L2-normalise queries and each gallery block on the fly (inputs from outside).
     progress: optional callable(n_gallery_rows_done) for progress bars.
@@ -181,40 +302,47 @@ def exact_topk(
     q_all = np.asarray(queries, dtype=np.float32)
     if normalize:
         q_all = l2_normalize(q_all)
-    n_q = q_all.shape[0]
+    n_q, dim = q_all.shape
     if exclude is not None:
         exclude = np.asarray(exclude, dtype=np.int64)
         if exclude.shape != (n_q,):
             raise ValueError("exclude needs one gallery position (or -1) per query")
-    scorer = _TorchScorer(device) if resolve_engine(engine) == "torch" else _NumpyScorer()
-    best_s = np.full((n_q, k), -np.inf, dtype=np.float32)
-    best_i = np.full((n_q, k), -1, dtype=np.int64)
+    if isinstance(gallery, np.ndarray) and gallery.ndim == 2 and gallery.shape[1] != dim:
+        raise ValueError(f"query dim {dim} != gallery dim {gallery.shape[1]}")
+    scorer = _scorer(resolve_engine(engine), device)
     q_rows = max(1, min(query_block, n_q))
-    # The gallery block is bounded too: its copies (dtype cast, normalize, read-only memmap, device)
-    # would otherwise grow as the query count shrinks (2.7 GB at 100 queries x 1024-d).
-    g_rows = max(k + 1, min(tile_bytes // (4 * q_rows), tile_bytes // (4 * max(1, q_all.shape[1]))))
-    if isinstance(gallery, np.ndarray) and gallery.ndim == 2 and gallery.shape[1] != q_all.shape[1]:
-        raise ValueError(f"query dim {q_all.shape[1]} != gallery dim {gallery.shape[1]}")
+    # The gallery block is bounded too: its copies (dtype cast, normalize, device) would otherwise
+    # grow as the query count shrinks (2.7 GB at 100 queries x 1024-d).
+    g_rows = max(k + 1, min(tile_bytes // (4 * q_rows), tile_bytes // (4 * max(1, dim))))
     q_blocks = [(s, scorer.queries(q_all[s : s + q_rows])) for s in range(0, n_q, q_rows)]
-    offset = 0
-    for block in _gallery_blocks(gallery, g_rows):
-        if block.shape[0] == 0:
-            continue
-        if block.shape[1] != q_all.shape[1]:
-            raise ValueError(f"query dim {q_all.shape[1]} != gallery dim {block.shape[1]}")
-        if normalize:
-            block = l2_normalize(block)
-        for start, q in q_blocks:
-            ex = exclude[start : start + q_rows] if exclude is not None else None
-            cand_s, cand_i = scorer.block_topk(q, block, k, offset, ex)
-            sl = slice(start, start + q_rows)
-            if offset == 0:
-                best_s[sl], best_i[sl] = _first_candidates(cand_s, cand_i, k)
-            else:
-                best_s[sl], best_i[sl] = _merge(best_s[sl], best_i[sl], cand_s, cand_i, k)
-        offset += block.shape[0]
-        if progress is not None:
-            progress(block.shape[0])
+    best = np.full((n_q, k), topk_keys.EMPTY_KEY, dtype=np.uint64)
+    floor = np.full(n_q, -np.inf, dtype=np.float32)
+    try:
+        offset, merged = 0, False
+        for block in _gallery_blocks(gallery, g_rows):
+            if block.shape[0] == 0:
+                continue
+            if block.ndim != 2 or block.shape[1] != dim:
+                raise ValueError(f"query dim {dim} != gallery dim {block.shape[-1]}")
+            if offset + block.shape[0] > topk_keys.MAX_POSITION + 1:
+                raise ValueError(f"gallery longer than {topk_keys.MAX_POSITION + 1:,} rows")
+            g = scorer.gallery(l2_normalize(block) if normalize else block)
+            for start, q in q_blocks:
+                rows = slice(start, start + q.shape[0])
+                ex = exclude[rows] if exclude is not None else None
+                candidates = scorer.tile_keys(q, g, k, offset, ex, floor[rows])
+                # the first block's candidates come ranked; later merges leave rows unordered
+                best[rows] = candidates if offset == 0 else topk_keys.merge(best[rows], candidates, k)
+                floor[rows] = topk_keys.kth_score(best[rows])
+            merged = offset > 0
+            offset += block.shape[0]
+            if progress is not None:
+                progress(block.shape[0])
+    finally:
+        scorer.close()
+    if merged:
+        best.sort(axis=1)
+    scores, indices = topk_keys.decode(best)
     # An excluded self-match can still surface as -inf filler when the gallery is tiny.
-    best_i = np.where(np.isneginf(best_s), -1, best_i)
-    return TopK(indices=best_i, scores=best_s)
+    indices[np.isneginf(scores)] = -1
+    return TopK(indices=indices, scores=scores)

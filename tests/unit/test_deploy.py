@@ -647,24 +647,27 @@ def _kustomize(directory: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(_run([*_kustomize_command(), str(directory)]).stdout) if doc]
 
 
+# overlays with components added, as docs/deployment.md tells users to do
+COMPONENT_RENDERS = {"cpu+commercial": ("commercial",), "cpu+scale": ("sharded-search", "qdrant-distributed")}
+
+
 @functools.cache
 def _rendered(overlay: str) -> tuple[dict, ...]:
-    if overlay == "cpu+commercial":
+    if overlay in COMPONENT_RENDERS:
         import tempfile
 
-        # an overlay with the component added, as docs/deployment.md tells users to do
         with tempfile.TemporaryDirectory() as scratch:
             kustomization = {
                 "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                 "resources": [os.path.relpath(K8S / "overlays" / "cpu", scratch)],
-                "components": [os.path.relpath(K8S / "components" / "commercial", scratch)],
+                "components": [os.path.relpath(K8S / "components" / c, scratch) for c in COMPONENT_RENDERS[overlay]],
             }
             (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
             return tuple(_kustomize(Path(scratch)))
     return tuple(_kustomize(K8S / "overlays" / overlay))
 
 
-ALL_RENDERS = (*OVERLAYS, "cpu+commercial")
+ALL_RENDERS = (*OVERLAYS, *COMPONENT_RENDERS)
 
 
 def _objects(overlay: str, kind: str | None = None) -> list[dict]:
@@ -939,3 +942,72 @@ def test_evaluator_config_map_names_rendered_services(overlay):
     assert any(p["port"] == store_port for p in services[store_host]["spec"]["ports"])
     datasets = next(v for v in job["volumes"] if v["name"] == "datasets")
     assert datasets["persistentVolumeClaim"]["readOnly"] is True
+
+
+# ---- sharded exact search and Qdrant beyond one node (components/sharded-search, qdrant-distributed) --
+def _substituted(args: list[str], env: dict[str, str]) -> list[str]:
+    """Container args as the kubelet expands them: $(VAR) from the container's env."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in args]
+
+
+def test_sharded_search_is_an_indexed_job_then_a_suspended_merge_the_cli_accepts():
+    import click
+    import typer.main
+
+    from services.evaluator.cli import app
+
+    shards = _named("cpu+scale", "Job", "vsbench-search-shards")["spec"]
+    merge = _named("cpu+scale", "Job", "vsbench-search-merge")["spec"]
+    assert shards["completionMode"] == "Indexed" and shards["template"]["spec"]["restartPolicy"] == "Never"
+    assert merge["suspend"] is True, "started once every shard has completed"
+    (container,) = shards["template"]["spec"]["containers"]
+    env = {v["name"]: v["value"] for v in container["env"]}
+    assert int(env["SHARD_COUNT"]) == shards["completions"], "one gallery slice per completion index"
+    command = typer.main.get_command(app)
+    parts = []
+    for index in range(shards["completions"]):
+        args = _substituted(container["args"], {**env, "JOB_COMPLETION_INDEX": str(index)})
+        context = command.get_command(click.Context(command), args[0]).make_context(args[0], args[1:])
+        assert context.params["shard"] == f"{index}/{env['SHARD_COUNT']}"
+        parts.append(context.params["out"])
+    assert len(set(parts)) == len(parts), "every shard writes its own file"
+    (merger,) = merge["template"]["spec"]["containers"]
+    context = command.get_command(click.Context(command), merger["args"][0]).make_context(
+        merger["args"][0], merger["args"][1:])
+    (folder,) = context.params["parts"]
+    assert all(p.parent == folder and p.name.startswith("part-") for p in parts), "the merge reads every shard file"
+    assert context.params["out"].parent == folder and not context.params["out"].name.startswith("part-")
+
+    def claims(job):
+        return {v["persistentVolumeClaim"]["claimName"] for v in job["template"]["spec"]["volumes"]
+                if "persistentVolumeClaim" in v}
+
+    assert claims(shards) == claims(merge) == {"vsbench-results"}
+
+
+def test_qdrant_distributed_peers_bootstrap_through_peer_zero(tmp_path):
+    qdrant = _named("cpu+scale", "StatefulSet", "qdrant")
+    replicas = qdrant["spec"]["replicas"]
+    assert replicas >= 3
+    (container,) = _containers(qdrant)
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert env["QDRANT__CLUSTER__ENABLED"] == "true"
+    assert 2 <= int(env["QDRANT__STORAGE__COLLECTION__REPLICATION_FACTOR"]) <= replicas
+    p2p = int(env["QDRANT__CLUSTER__P2P__PORT"])
+    assert p2p in {p["containerPort"] for p in container["ports"]}
+    assert p2p in {p["port"] for p in _named("cpu+scale", "Service", "qdrant-headless")["spec"]["ports"]}
+    anti = qdrant["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == "kubernetes.io/hostname"
+    # the start script, run for real with the binary replaced by echo
+    assert container["command"] == ["/bin/sh", "-c"]
+    script = container["args"][0].replace("/qdrant/qdrant", "echo")
+    started = {}
+    for pod in ("qdrant-0", "qdrant-2"):
+        result = _run(["/bin/sh", "-c", script], env={"POD_NAME": pod, "POD_NAMESPACE": "vsbench", "PATH": os.environ["PATH"]})
+        started[pod] = result.stdout.split()
+    peer = "http://{}.qdrant-headless.vsbench.svc:6335"
+    assert started["qdrant-0"] == ["--uri", peer.format("qdrant-0")]
+    assert started["qdrant-2"] == ["--bootstrap", peer.format("qdrant-0"), "--uri", peer.format("qdrant-2")]
+    budget = _named("cpu+scale", "PodDisruptionBudget", "qdrant")["spec"]
+    assert budget["maxUnavailable"] < int(env["QDRANT__STORAGE__COLLECTION__REPLICATION_FACTOR"]), \
+        "a drain keeps a replica of every shard up"

@@ -102,3 +102,113 @@ def test_unknown_engine_name_is_an_error():
     with pytest.raises(ValueError, match="unknown search engine 'foo'"):
         exact_topk(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), 1, engine="foo")
     assert resolve_engine("numpy") == "numpy"
+
+
+# ---- every engine, every k, every block boundary: one answer ------------------------------------
+@pytest.mark.parametrize("k", [1, 2, 15, 99, 100, 101, 1000, 2999, 3000, 3500])
+@pytest.mark.parametrize("tile_bytes", [4 * 120 * 700, 4 * 120 * 1024, 1 << 30])
+def test_engines_agree_bit_for_bit_at_every_k_and_block_size(k, tile_bytes, tied_data):
+    queries, gallery = tied_data
+    gallery = gallery.copy()
+    # equal scores on both sides of the block boundaries the tile sizes put at 700 and 1024 rows
+    for boundary in (700, 1024, 1400, 2048, 2100):
+        gallery[boundary - 1 : boundary + 2] = gallery[boundary - 2]
+    expected = brute_force(queries, gallery, min(k, len(gallery)))
+    results = [exact_topk(queries, gallery, k, engine=e, tile_bytes=tile_bytes, query_block=120) for e in ENGINES]
+    for result in results:
+        assert (result.indices[:, : expected.shape[1]] == expected).all()
+        assert (result.indices[:, expected.shape[1] :] == -1).all()
+        np.testing.assert_array_equal(result.indices, results[0].indices)
+        np.testing.assert_array_equal(result.scores, results[0].scores)
+
+
+@pytest.mark.parametrize("layout", ["aligned_with_groups", "all_equal", "two_values"])
+def test_threshold_holds_on_adversarial_layouts(layout):
+    # The threshold comes from maxima of interleaved column groups (column c in group c mod G,
+    # G = 1000 here); put the best rows all in one group, or make every score tie.
+    rng = np.random.default_rng(4)
+    q = rng.integers(-2, 3, (4, 32)).astype(np.float32)
+    gallery = rng.integers(-2, 3, (4000, 32)).astype(np.float32)
+    if layout == "aligned_with_groups":
+        gallery[::1000] = 3 * q[0]
+        gallery[500::1000] = 3 * q[1]
+    elif layout == "all_equal":
+        gallery[:] = gallery[0]
+    else:
+        gallery[::2] = gallery[0]
+        gallery[1::2] = gallery[1]
+    for engine in ENGINES:
+        for k in (3, 300, 1999, 2001):
+            result = exact_topk(q, gallery, k, engine=engine)
+            assert (result.indices == brute_force(q, gallery, k)).all(), (engine, k)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_float16_memmap_gallery_is_converted_per_block(engine, tmp_path, tied_data):
+    queries, gallery = tied_data
+    path = tmp_path / "g.npy"
+    np.save(path, gallery.astype(np.float16))
+    mm = np.load(path, mmap_mode="r")
+    result = exact_topk(queries, mm, 30, engine=engine, tile_bytes=4 * 120 * 512)
+    assert (result.indices == brute_force(queries, gallery, 30)).all()
+
+
+def test_keys_order_is_the_tie_rule_and_round_trips():
+    from services.evaluator import topk_keys
+
+    scores = np.array([0.5, -0.0, 0.0, -1.0, -np.inf, 0.5, 3e-38, -3e-38, 1e30], dtype=np.float32)
+    positions = np.arange(len(scores)) * 1000 + 7
+    keys = topk_keys.encode(scores, positions)
+    order = np.argsort(keys)
+    # the tie rule by float comparison (-0.0 == 0.0: a tie, so position 1007 before 2007)
+    assert order.tolist() == np.lexsort((positions, -scores.astype(np.float64))).tolist()
+    decoded_scores, decoded_positions = topk_keys.decode(keys)
+    np.testing.assert_array_equal(decoded_scores, scores)  # -0.0 comes back as 0.0, which is equal
+    np.testing.assert_array_equal(decoded_positions, positions)
+    empty_scores, empty_positions = topk_keys.decode(np.array([topk_keys.EMPTY_KEY]))
+    assert empty_positions.tolist() == [-1] and np.isneginf(empty_scores).all()
+
+
+# ---- engine calibration ------------------------------------------------------------------------
+@pytest.mark.skipif("torch" not in ENGINES, reason="calibration compares numpy with torch")
+def test_calibration_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from services.evaluator import search_engine
+
+    monkeypatch.setattr(search_engine, "_memo", {})
+    path = tmp_path / "cache" / "search-engine.json"
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"numpy": 0.02, "torch": 0.03}
+
+    assert search_engine.calibrated_engine(path, measure) == "numpy"
+    assert search_engine.calibrated_engine(path, measure) == "numpy"  # this process
+    search_engine._memo.clear()
+    assert search_engine.calibrated_engine(path, measure) == "numpy"  # another process: the file
+    assert len(calls) == 1
+    import json
+
+    entry = json.loads(path.read_text())[search_engine.machine_key()]
+    assert entry["engine"] == "numpy" and entry["gemm_seconds"] == {"numpy": 0.02, "torch": 0.03}
+
+    # a new library version or CPU is a new key: measured again, the old entry kept
+    monkeypatch.setattr(search_engine, "machine_key", lambda: "numpy=0;torch=0;cpu=other")
+    assert search_engine.calibrated_engine(path, lambda: {"numpy": 0.05, "torch": 0.01}) == "torch"
+    assert len(json.loads(path.read_text())) == 2
+
+    # a corrupt file is measured over; an unwritable place still answers
+    search_engine._memo.clear()
+    path.write_text("{not json")
+    assert search_engine.calibrated_engine(path, lambda: {"numpy": 0.05, "torch": 0.01}) == "torch"
+    search_engine._memo.clear()
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert search_engine.calibrated_engine(blocked / "sub" / "x.json", lambda: {"numpy": 0.01, "torch": 0.05}) == "numpy"
+
+
+def test_cache_location_follows_xdg():
+    from services.evaluator.search_engine import cache_file
+
+    assert cache_file({"XDG_CACHE_HOME": "/c"}).as_posix() == "/c/vsbench/search-engine.json"
+    assert cache_file({"HOME": "/h"}).as_posix() == "/h/.cache/vsbench/search-engine.json"

@@ -1,0 +1,198 @@
+"""Exact search split over processes or pods, merged into exactly the single-process result.
+
+Shard i of N scores every query against its contiguous slice of the gallery, rows
+[N_g * i // N, N_g * (i + 1) // N), and writes its top-k candidates (global gallery positions and
+scores) to an .npz. The global top-k of a query is contained in the union of the shards' top-k
+lists, so the merge ranks that union with the same tie rule (score descending, then gallery
+position ascending) and returns what `exact_topk` over the whole gallery returns. An intra
+self-match exclusion (a query's own gallery position) is applied by the shard holding that row.
+
+Each shard file records what it was computed from (query checksum, gallery shape, k, the exclusion's
+checksum), and the merge refuses files that disagree, miss a shard or repeat one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from services.common.errors import VsbenchError
+from services.evaluator import topk_keys
+from services.evaluator.search import Engine, TopK, exact_topk
+
+SHARD_FORMAT = "vsbench-search-shard/1"
+TOPK_FORMAT = "vsbench-topk/1"
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+class ShardError(VsbenchError, ValueError):
+    """A shard argument, an input matrix or a shard file that cannot be used as given."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """'i/N' with 0 <= i < N."""
+        match = _SHARD.match(text)
+        if not match:
+            raise ShardError(f"--shard takes i/N (e.g. 0/4), got {text!r}")
+        index, count = int(match.group(1)), int(match.group(2))
+        if count < 1 or not 0 <= index < count:
+            raise ShardError(f"--shard {text!r}: need 0 <= i < N and N >= 1")
+        return cls(index, count)
+
+    def bounds(self, n_rows: int) -> tuple[int, int]:
+        """The contiguous gallery rows [start, stop) this shard scores."""
+        return n_rows * self.index // self.count, n_rows * (self.index + 1) // self.count
+
+
+def load_matrix(path: Path, what: str) -> np.ndarray:
+    """A 2-D float .npy, memory-mapped (a gallery larger than memory streams from disk)."""
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{what} {path}: not a readable .npy file ({exc})") from None
+    if matrix.ndim != 2 or matrix.dtype not in (np.float16, np.float32, np.float64):
+        raise ShardError(f"{what} {path}: need a 2-D float16/float32/float64 array, got {matrix.dtype} {matrix.shape}")
+    return matrix
+
+
+def load_exclude(path: Path) -> np.ndarray:
+    """A 1-D integer .npy of gallery positions (-1: nothing to exclude for that query)."""
+    try:
+        exclude = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"exclude {path}: not a readable .npy file ({exc})") from None
+    if exclude.ndim != 1 or exclude.dtype.kind not in "iu":
+        raise ShardError(f"exclude {path}: need a 1-D integer array, got {exclude.dtype} {exclude.shape}")
+    return exclude.astype(np.int64)
+
+
+def _checksum(array: np.ndarray | None) -> str:
+    if array is None:
+        return ""
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def search_shard(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    shard: Shard,
+    k: int,
+    *,
+    exclude: np.ndarray | None = None,
+    engine: Engine = "auto",
+) -> dict[str, np.ndarray]:
+    """Top-k of every query within this shard's gallery slice, as the arrays of a shard file."""
+    if k < 1:
+        raise ShardError(f"k must be >= 1, got {k}")
+    if queries.shape[1] != gallery.shape[1]:
+        raise ShardError(f"query dim {queries.shape[1]} != gallery dim {gallery.shape[1]}")
+    if gallery.shape[0] > topk_keys.MAX_POSITION + 1:
+        raise ShardError(f"gallery longer than {topk_keys.MAX_POSITION + 1:,} rows")
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=np.int64)
+        if exclude.shape != (queries.shape[0],):
+            raise ShardError(f"exclude needs one gallery position (or -1) per query: {exclude.shape} for {queries.shape[0]} queries")
+    start, stop = shard.bounds(gallery.shape[0])
+    local_exclude = None
+    if exclude is not None:
+        inside = (exclude >= start) & (exclude < stop)
+        local_exclude = np.where(inside, exclude - start, -1)
+    if stop > start:
+        top = exact_topk(queries, gallery[start:stop], k, exclude=local_exclude, engine=engine)
+        indices = np.where(top.indices >= 0, top.indices + start, -1)
+        scores = top.scores
+    else:  # more shards than gallery rows: an empty shard still answers, with empty slots
+        indices = np.full((queries.shape[0], k), -1, dtype=np.int64)
+        scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
+    return {
+        "format": np.array(SHARD_FORMAT),
+        "indices": indices,
+        "scores": scores,
+        "shard_index": np.array(shard.index),
+        "shard_count": np.array(shard.count),
+        "start": np.array(start),
+        "stop": np.array(stop),
+        "gallery_rows": np.array(gallery.shape[0]),
+        "dim": np.array(gallery.shape[1]),
+        "k": np.array(k),
+        "queries_sha1": np.array(_checksum(np.asarray(queries, dtype=np.float32))),
+        "exclude_sha1": np.array(_checksum(exclude)),
+    }
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Written beside the target and renamed: a crashed pod leaves no half file for the merge."""
+    path = Path(path)
+    scratch = path.with_name(path.name + ".partial.npz")
+    np.savez(scratch, **arrays)
+    scratch.replace(path)
+
+
+_AGREE = ("gallery_rows", "dim", "k", "shard_count", "queries_sha1", "exclude_sha1")
+
+
+def _read_shard(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"shard file {path}: not a readable .npz ({exc})") from None
+    if str(arrays.get("format", "")) != SHARD_FORMAT:
+        raise ShardError(f"shard file {path}: not a {SHARD_FORMAT} file (written by `vsbench search-shard`)")
+    return arrays
+
+
+def shard_files(paths: Sequence[Path]) -> list[Path]:
+    """The files named, a folder standing for every part-*.npz in it (a Job's args have no glob)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("part-*.npz"))
+            if not found:
+                raise ShardError(f"{path}: a folder without part-*.npz shard files")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def merge_shards(paths: Sequence[Path]) -> TopK:
+    """The final top-k from all N shard files of one search (any order)."""
+    if not paths:
+        raise ShardError("no shard files to merge")
+    parts = [(p, _read_shard(p)) for p in shard_files(paths)]
+    first_path, first = parts[0]
+    for path, part in parts[1:]:
+        for name in _AGREE:
+            if part[name] != first[name]:
+                raise ShardError(f"{path} and {first_path} come from different searches ({name} differs)")
+    count = int(first["shard_count"])
+    seen: dict[int, Path] = {}
+    for path, part in parts:
+        index = int(part["shard_index"])
+        if index in seen:
+            raise ShardError(f"shard {index}/{count} given twice: {seen[index]} and {path}")
+        seen[index] = path
+    missing = sorted(set(range(count)) - set(seen))
+    if missing:
+        raise ShardError(f"shards missing from the merge: {', '.join(f'{i}/{count}' for i in missing)}")
+    k = int(first["k"])
+    keys = np.concatenate([topk_keys.encode(part["scores"], part["indices"]) for _, part in parts], axis=1)
+    scores, indices = topk_keys.decode(topk_keys.smallest(keys, k, ordered=True))
+    indices[np.isneginf(scores)] = -1
+    return TopK(indices=indices, scores=scores)
+
+
+def topk_arrays(top: TopK) -> dict[str, np.ndarray]:
+    return {"format": np.array(TOPK_FORMAT), "indices": top.indices, "scores": top.scores}
