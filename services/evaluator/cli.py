@@ -85,7 +85,7 @@ def score(
     dataset_name: Optional[str] = typer.Option(None, "--dataset", help="dataset name in the record (default: gallery file name)"),
     model_name: Optional[str] = typer.Option(None, "--model", help="model name in the record (default: gallery file name)"),
     unanswerable_as_miss: bool = typer.Option(False, help="score queries without relevant items as misses"),
-    engine: str = typer.Option("auto", help="search engine: auto (torch if installed), torch, numpy"),
+    engine: str = typer.Option("auto", help="search engine: auto (the faster on this machine, calibrated once and cached), torch, numpy"),
     open_set: Optional[bool] = typer.Option(
         None, "--open-set/--no-open-set",
         help="open-set rejection figures (default: whenever out-of-catalog queries exist)",
