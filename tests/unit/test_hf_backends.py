@@ -431,7 +431,7 @@ def test_hf_model_defined_by_kind_and_options(vit_dir, photos):
     )
     with pytest.raises(
         BackendOptionsError,
-        match=r"unknown option 'poolling'.*dtype, model_class, model_id, pooling, weights",
+        match=r"unknown option 'poolling'.*dtype, model_class, model_id, pooling, preprocessing, weights",
     ):
         build_backend("hf", {"weights": str(directory), "poolling": "mean"})
 
