@@ -34,6 +34,7 @@ from services.evaluator.record import (
 from services.evaluator.results import RunResult, new_run_id, now_iso, path_segment, write_run
 from services.evaluator.scoring import LabelIndex, iter_outcomes, protocol_record, score_topk
 from services.evaluator.search import TopK, exact_topk, l2_normalize, resolve_engine
+from services.evaluator.stores._common import check_fingerprint
 from services.evaluator.stores.base import VectorStore
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,6 @@ class Evaluation:
         collection = collection_name(dataset.name, model_name)
         stored_fp = self.store.collection_fingerprint(collection)
         if report is None and stored_fp is not None:
-            from services.evaluator.stores._common import check_fingerprint
-
             check_fingerprint(collection, stored_fp, info.fingerprint)  # score-only: same model only
         gallery_records = dataset.gallery()
         query_records = dataset.queries()
