@@ -669,7 +669,10 @@ def index_command(
     ef_construct: int = typer.Option(100, "--ef-construct", min=4, help="HNSW build candidates"),
     quantization: str = typer.Option("none", "--quantization", help="none, scalar (int8) or binary (rescored)"),
     indexing_threshold_kb: Optional[int] = typer.Option(
-        None, "--indexing-threshold-kb", min=0, help="build the HNSW graph above this segment size (default Qdrant's)"),
+        None, "--indexing-threshold-kb", min=0,
+        help="build the HNSW graph for segments above this size (default Qdrant's 10000; 0 never builds it)"),
+    full_scan_threshold_kb: int = typer.Option(
+        10_000, "--full-scan-threshold-kb", min=1, help="segments below this size are scanned exactly instead of the graph"),
     threshold_from: Optional[Path] = typer.Option(
         None, "--threshold-from", exists=True, dir_okay=False, help="run record whose open-set threshold to serve"),
     reembed: bool = typer.Option(False, "--reembed", help="rebuild a collection of another model fingerprint"),
@@ -684,7 +687,7 @@ def index_command(
     from services.search.index import IndexParams
 
     params = IndexParams(m=m, ef_construct=ef_construct, quantization=quantization,  # type: ignore[arg-type]
-                         indexing_threshold_kb=indexing_threshold_kb)
+                         indexing_threshold_kb=indexing_threshold_kb, full_scan_threshold_kb=full_scan_threshold_kb)
     report = run_index(
         catalog=catalog, dataset_format=dataset_format, dataset_path=dataset_path, options=option, embedder=embedder,
         collection=collection, store=store, qdrant_url=qdrant_url, params=params, threshold_from=threshold_from,

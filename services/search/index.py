@@ -38,8 +38,9 @@ class IndexUnavailable(VsbenchError, ConnectionError):
 
 @dataclass(frozen=True)
 class IndexParams:
-    """HNSW graph and quantization of a collection. `indexing_threshold_kb`: segments smaller than
-    this are searched by a full scan (exact); None keeps Qdrant's default (10 MB of vectors)."""
+    """HNSW graph and quantization of a collection, in Qdrant's terms: the graph is built for a
+    segment once it holds `indexing_threshold_kb` of vectors (None: Qdrant's default, 10 MB; 0: never),
+    and a search over fewer than `full_scan_threshold_kb` of vectors scans them exactly instead."""
 
     m: int = 16
     ef_construct: int = 100
@@ -54,6 +55,8 @@ class IndexParams:
             raise CatalogIndexError(f"HNSW m must be >= 0 and ef_construct >= 4, got m={self.m} ef_construct={self.ef_construct}")
         if self.indexing_threshold_kb is not None and self.indexing_threshold_kb < 0:
             raise CatalogIndexError("indexing_threshold_kb must be >= 0")
+        if self.full_scan_threshold_kb < 1:
+            raise CatalogIndexError("full_scan_threshold_kb must be >= 1")
 
     @classmethod
     def from_dict(cls, data: dict) -> "IndexParams":

@@ -155,3 +155,30 @@ def test_unreadable_catalog_images_are_reported_and_the_rest_indexed(tmp_path, c
         assert report.points == len(gallery) and report.added == len(gallery)
     finally:
         index.close()
+
+
+def test_hnsw_parameters_reach_the_engine(tmp_path):
+    """With the graph built (thresholds of 1 KB) a starved graph search misses neighbours that the
+    exact scan finds, and the default parameters find them: the index is approximate, as configured."""
+    import numpy as np
+
+    from services.search.index import CollectionMeta
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:40] + 0.3 * rng.standard_normal((40, 32)).astype(np.float32)
+    recalls = {}
+    for name, params in (("starved", IndexParams(m=2, ef_construct=4, indexing_threshold_kb=1, full_scan_threshold_kb=1)),
+                         ("default", IndexParams(indexing_threshold_kb=1, full_scan_threshold_kb=1))):
+        index = open_index(name, store=tmp_path / "edge")
+        try:
+            index.create(CollectionMeta(fingerprint="sha256:synthetic", model={}, dim=32, params=params))
+            index.upsert([str(i) for i in range(len(vectors))], vectors, [{"product_id": str(i)} for i in range(len(vectors))])
+            index.optimize()
+            found = [len({h.image_id for h in index.search(q, 10, ef=4 if name == "starved" else 128)}
+                         & {h.image_id for h in index.search(q, 10, exact=True)}) for q in queries]
+            recalls[name] = sum(found) / (10 * len(queries))
+        finally:
+            index.close()
+    assert recalls["starved"] < 1.0 <= recalls["default"] + 0.02

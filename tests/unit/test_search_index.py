@@ -47,7 +47,7 @@ def test_metadata_round_trips_and_refuses_foreign_metadata():
 
 
 @pytest.mark.parametrize("params", [dict(quantization="product"), dict(m=-1), dict(ef_construct=2),
-                                    dict(indexing_threshold_kb=-5)])
+                                    dict(indexing_threshold_kb=-5), dict(full_scan_threshold_kb=0)])
 def test_bad_index_parameters_are_refused(params):
     with pytest.raises(CatalogIndexError):
         IndexParams(**params)
