@@ -36,6 +36,7 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--workers", "workers", int, "queries answered at once"),
     ("--embed-retries", "embed_retries", int, "embedder retries per query before UNAVAILABLE"),
     ("--qdrant-retries", "qdrant_retries", int, "Qdrant retries per call before UNAVAILABLE"),
+    ("--model-check-s", "model_check_s", float, "how often to re-check the embedder's model fingerprint"),
     ("--max-message-mb", "max_message_mb", int, "gRPC message size limit"),
     ("--grace-seconds", "grace_seconds", float, "drain time on SIGTERM"),
     ("--metrics-port", "metrics_port", int, "Prometheus metrics port"),

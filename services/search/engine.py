@@ -16,7 +16,7 @@ import numpy as np
 
 from services.common.errors import VsbenchError
 from services.common.fingerprint import short
-from services.common.types import ErrorCode, ImageItem, InputRole
+from services.common.types import ErrorCode, ImageItem, InputRole, ModelInfo
 from services.common.vectors import UnusableVector
 from services.evaluator.clients.base import EmbeddingServiceError
 from services.search.build import Embedder, query_vector
@@ -47,6 +47,10 @@ class CollectionMismatch(VsbenchError, ValueError):
     """The collection's vectors come from another model than the one the embedder serves."""
 
 
+class ModelChanged(VsbenchError, RuntimeError):
+    """Since the service started, the embedder began serving another model than the collection's."""
+
+
 @dataclass(frozen=True)
 class SearchResult:
     hits: list[IndexedHit]
@@ -70,6 +74,7 @@ class SearchEngine:
         self.index = index
         self.limits = limits or EngineLimits()
         self._meta: CollectionMeta | None = None
+        self.mismatch: str | None = None  # set by recheck_model while the embedder serves another model
 
     @property
     def meta(self) -> CollectionMeta:
@@ -95,6 +100,20 @@ class SearchEngine:
         self._meta = meta
         return meta
 
+    def recheck_model(self, current: ModelInfo) -> str | None:
+        """Compare the model the embedder serves now (after a restart or a rollout) with the
+        collection's; returns (and remembers, so searches are refused) the mismatch, None when equal."""
+        meta = self.meta
+        if current.fingerprint == meta.fingerprint and current.dim == meta.dim:
+            self.mismatch = None
+        else:
+            self.mismatch = (
+                f"the embedder now serves model fingerprint {short(current.fingerprint)} ({current.name}), but "
+                f"collection {self.index.collection!r} holds vectors of {short(meta.fingerprint)}; serve the indexed "
+                "model again or rebuild the collection with `vsbench index --reembed`"
+            )
+        return self.mismatch
+
     def _k(self, k: int) -> int:
         if k == 0:
             return self.limits.default_k
@@ -108,6 +127,8 @@ class SearchEngine:
         return [str(p) for p in product_ids]
 
     def embed(self, data: bytes) -> np.ndarray:
+        if self.mismatch is not None:
+            raise ModelChanged(self.mismatch)
         if not data:
             raise QueryError("the image is empty")
         if len(data) > self.limits.max_image_bytes:

@@ -24,6 +24,8 @@ from services.common.errors import ServeError
 from services.common.grpc_server import _BearerAuth, _server_credentials, channel_options
 from services.common.proto.vsbench.v1 import search_pb2 as spb
 from services.common.proto.vsbench.v1 import search_pb2_grpc as spb_grpc
+from services.common.types import ModelInfo
+from services.evaluator.clients.base import EmbeddingServiceError
 from services.search.engine import EngineLimits, SearchEngine
 from services.search.index import open_index
 from services.search.service import SearchServicer
@@ -31,6 +33,39 @@ from services.search.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = spb.DESCRIPTOR.services_by_name["Search"].full_name
+
+
+def model_probe(settings: SearchSettings) -> Callable[[], ModelInfo]:
+    """Asks the embedder which model it serves now, on a fresh connection (the query client caches
+    the answer it got at start)."""
+    from services.evaluator.clients.grpc import GrpcEmbeddingClient
+
+    def probe() -> ModelInfo:
+        with GrpcEmbeddingClient(settings.embedder, tls=settings.embedder_tls, auth_token=settings.embedder_token(),
+                                 max_retries=0, connect_timeout_s=5.0, wait_ready_s=5.0) as client:
+            return client.info()
+
+    return probe
+
+
+async def _watch_model(engine: SearchEngine, probe: Callable[[], ModelInfo], every_s: float,
+                       health_servicer: health.aio.HealthServicer) -> None:
+    """While the embedder serves another model than the collection's, searches are refused
+    (FAILED_PRECONDITION) and health says NOT_SERVING; both recover when the right model is back.
+    An embedder that does not answer changes nothing here (queries report UNAVAILABLE)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            current = await loop.run_in_executor(None, probe)
+        except EmbeddingServiceError:
+            continue
+        mismatch = engine.recheck_model(current)
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if mismatch else health_pb2.HealthCheckResponse.SERVING
+        if mismatch:
+            log.error("%s", mismatch)
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, status)
 
 
 def build_engine(settings: SearchSettings) -> SearchEngine:
@@ -63,12 +98,15 @@ class RunningSearch:
     port: int
     health: health.aio.HealthServicer
     servicer: SearchServicer
+    watcher: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.servicer.close()
@@ -77,7 +115,9 @@ class RunningSearch:
         engine.index.close()
 
 
-async def start(engine: SearchEngine, settings: SearchSettings) -> RunningSearch:
+async def start(engine: SearchEngine, settings: SearchSettings,
+                probe: Callable[[], ModelInfo] | None = None) -> RunningSearch:
+    """Serve `engine`; with `probe`, re-check the embedder's model every settings.model_check_s."""
     interceptors = []
     token = settings.resolved_auth_token()
     if token:
@@ -106,14 +146,17 @@ async def start(engine: SearchEngine, settings: SearchSettings) -> RunningSearch
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving collection %s on %s:%d (tls=%s, auth=%s)", engine.index.collection, settings.host, port,
              credentials is not None, bool(token))
-    return RunningSearch(server=server, port=port, health=health_servicer, servicer=servicer)
+    watcher = None
+    if probe is not None:
+        watcher = asyncio.create_task(_watch_model(engine, probe, settings.model_check_s, health_servicer))
+    return RunningSearch(server=server, port=port, health=health_servicer, servicer=servicer, watcher=watcher)
 
 
 async def serve_until_signal(
     engine: SearchEngine, settings: SearchSettings,
     on_ready: Callable[[RunningSearch], Awaitable[None] | None] | None = None,
 ) -> None:
-    running = await start(engine, settings)
+    running = await start(engine, settings, model_probe(settings))
     if on_ready is not None:
         maybe = on_ready(running)
         if asyncio.iscoroutine(maybe):

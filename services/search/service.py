@@ -11,7 +11,7 @@ import grpc
 from services.common.proto.vsbench.v1 import search_pb2 as spb
 from services.common.proto.vsbench.v1 import search_pb2_grpc as spb_grpc
 from services.search import metrics
-from services.search.engine import QueryError, SearchEngine, SearchResult, ServiceDown
+from services.search.engine import ModelChanged, QueryError, SearchEngine, SearchResult, ServiceDown
 from services.search.index import IndexUnavailable
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class SearchServicer(spb_grpc.SearchServicer):
         except QueryError as exc:
             metrics.SEARCHES.labels(self._collection, kind, "invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ModelChanged as exc:
+            metrics.SEARCHES.labels(self._collection, kind, "model_changed").inc()
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ServiceDown as exc:
             metrics.SEARCHES.labels(self._collection, kind, "unavailable").inc()
             log.warning("search unavailable: %s", exc)

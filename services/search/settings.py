@@ -31,6 +31,8 @@ class SearchSettings(ServerSettings):
     embed_max_backoff_s: float = Field(2.0, gt=0)
     embed_timeout_s: float = Field(30.0, gt=0, description="a query's embedding call that answers nothing for this long is retried")
     qdrant_retries: int = Field(4, ge=0)
+    model_check_s: float = Field(
+        30.0, gt=0, description="ask the embedder this often which model it serves (a restart may bring another)")
 
     @model_validator(mode="after")
     def _one_backend(self) -> "SearchSettings":

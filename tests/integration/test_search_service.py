@@ -277,3 +277,48 @@ def _wait_for(condition, timeout_s: float = 180.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+def test_embedder_restarted_with_another_model_is_refused_until_the_right_one_is_back(tmp_path, deployed):
+    dataset, manifest = deployed["dataset"], deployed["manifest"]
+    port = free_port()
+    image = dataset.read(dataset.queries()[0])
+    embedder = embedder_process("histogram", "--port", str(port))
+    embedder.start()
+    try:
+        index_with_cli(tmp_path / "store", embedder.address, manifest)
+        with search_process(tmp_path / "store", embedder.address, "--model-check-s", "0.2") as service, \
+                SearchClient(service.address) as client:
+            indexed = client.describe().fingerprint
+            assert client.search_image(image).hits
+            embedder.stop()
+            embedder = embedder_process("histogram", "--port", str(port), "--options", '{"bins": 4}')
+            embedder.start()
+
+            def refused() -> bool:
+                try:
+                    client.search_image(image)
+                except SearchCallError as exc:
+                    return exc.code is grpc.StatusCode.FAILED_PRECONDITION
+                return False
+
+            _wait_for(refused)
+            with pytest.raises(SearchCallError) as changed:
+                client.search_image(image)
+            assert indexed[:19] in changed.value.details and "bins" not in changed.value.details
+            assert _health(service.address) == "NOT_SERVING"
+            embedder.stop()
+            embedder = embedder_process("histogram", "--port", str(port))
+            embedder.start()
+            _wait_for(lambda: _answers(client, image))
+            assert _health(service.address) == "SERVING"
+    finally:
+        embedder.stop()
+
+
+def _health(address: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
