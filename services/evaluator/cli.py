@@ -665,14 +665,14 @@ def index_command(
     option: list[str] = typer.Option([], "--option", help="dataset option key=value (repeatable)"),
     store: Optional[Path] = typer.Option(None, "--store", help="Qdrant Edge folder"),
     qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url", help="Qdrant server URL"),
-    m: int = typer.Option(16, "--m", min=0, help="HNSW edges per node"),
-    ef_construct: int = typer.Option(100, "--ef-construct", min=4, help="HNSW build candidates"),
-    quantization: str = typer.Option("none", "--quantization", help="none, scalar (int8) or binary (rescored)"),
+    m: Optional[int] = typer.Option(None, "--m", min=0, help="HNSW edges per node (new collection: 16)"),
+    ef_construct: Optional[int] = typer.Option(None, "--ef-construct", min=4, help="HNSW build candidates (100)"),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="none, scalar (int8) or binary (rescored)"),
     indexing_threshold_kb: Optional[int] = typer.Option(
         None, "--indexing-threshold-kb", min=0,
         help="build the HNSW graph for segments above this size (default Qdrant's 10000; 0 never builds it)"),
-    full_scan_threshold_kb: int = typer.Option(
-        10_000, "--full-scan-threshold-kb", min=1, help="segments below this size are scanned exactly instead of the graph"),
+    full_scan_threshold_kb: Optional[int] = typer.Option(
+        None, "--full-scan-threshold-kb", min=1, help="searches over fewer vectors than this scan exactly (10000)"),
     threshold_from: Optional[Path] = typer.Option(
         None, "--threshold-from", exists=True, dir_okay=False, help="run record whose open-set threshold to serve"),
     reembed: bool = typer.Option(False, "--reembed", help="rebuild a collection of another model fingerprint"),
@@ -680,17 +680,19 @@ def index_command(
     embedder_auth_token_env: Optional[str] = typer.Option(None, "--embedder-auth-token-env", help="env var holding the token"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Build or update a search collection from a catalog's gallery (incremental by image id)."""
+    """Build or update a search collection from a catalog's gallery (incremental by image id).
+
+    Index flags left out keep the collection's (or Qdrant's defaults for a new one)."""
     import json
 
     from services.search.commands import run_index
-    from services.search.index import IndexParams
 
-    params = IndexParams(m=m, ef_construct=ef_construct, quantization=quantization,  # type: ignore[arg-type]
-                         indexing_threshold_kb=indexing_threshold_kb, full_scan_threshold_kb=full_scan_threshold_kb)
+    given = {"m": m, "ef_construct": ef_construct, "quantization": quantization,
+             "indexing_threshold_kb": indexing_threshold_kb, "full_scan_threshold_kb": full_scan_threshold_kb}
+    given = {key: value for key, value in given.items() if value is not None}
     report = run_index(
         catalog=catalog, dataset_format=dataset_format, dataset_path=dataset_path, options=option, embedder=embedder,
-        collection=collection, store=store, qdrant_url=qdrant_url, params=params, threshold_from=threshold_from,
+        collection=collection, store=store, qdrant_url=qdrant_url, index_options=given, threshold_from=threshold_from,
         reembed=reembed, embedder_tls=embedder_tls, embedder_auth_token_env=embedder_auth_token_env,
     )
     if as_json:

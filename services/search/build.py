@@ -119,7 +119,8 @@ def build_index(
     threshold: ThresholdChoice | None = None,
     reembed: bool = False,
 ) -> IndexReport:
-    """Bring `index` in line with the dataset's gallery split; see the module doc."""
+    """Bring `index` in line with the dataset's gallery split; see the module doc. `reembed` rebuilds
+    a collection of another fingerprint or other parameters from scratch."""
     info = embedder.info()
     if not info.fingerprint:
         raise CatalogIndexError(f"the embedding server serving {info.name!r} reports no model fingerprint; "
@@ -142,10 +143,13 @@ def build_index(
         meta, report.rebuilt = None, True
     params = params or (meta.params if meta is not None else IndexParams())
     if meta is not None and params != meta.params:
-        raise CatalogIndexError(
-            f"collection {index.collection!r} was built with {meta.params}; changing the index parameters "
-            "needs a fresh collection (another --collection, or --reembed to rebuild this one)"
-        )
+        if not reembed:
+            raise CatalogIndexError(
+                f"collection {index.collection!r} was built with {meta.params}; changing the index parameters "
+                "needs a fresh collection (another --collection, or --reembed to rebuild this one)"
+            )
+        index.drop()
+        meta, report.rebuilt = None, True
     if threshold is not None:
         chosen, source = threshold.threshold, threshold.source
     elif meta is not None:

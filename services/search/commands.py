@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -38,7 +39,7 @@ def load_catalog(catalog: Path | None, dataset_format: str | None, dataset_path:
 def run_index(
     *, catalog: Path | None, dataset_format: str | None, dataset_path: Path | None, options: Sequence[str],
     embedder: str, collection: str, store: Path | None, qdrant_url: str | None,
-    params: IndexParams | None, threshold_from: Path | None, reembed: bool,
+    index_options: dict, threshold_from: Path | None, reembed: bool,
     embedder_tls: bool = False, embedder_auth_token_env: str | None = None,
 ) -> IndexReport:
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
@@ -52,6 +53,11 @@ def run_index(
             raise ConfigError(f"environment variable {embedder_auth_token_env} (the embedder's token) is not set")
     index = open_index(collection, store=store, qdrant_url=qdrant_url)
     try:
+        params = None
+        if index_options:  # flags given override the collection's parameters (or the defaults)
+            stored = index.meta()
+            base = stored.params if stored is not None else IndexParams()
+            params = dataclasses.replace(base, **index_options)
         with GrpcEmbeddingClient(embedder, tls=embedder_tls, auth_token=token) as client:
             return build_index(dataset, client, index, params=params, threshold=threshold, reembed=reembed)
     finally:

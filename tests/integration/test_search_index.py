@@ -182,3 +182,34 @@ def test_hnsw_parameters_reach_the_engine(tmp_path):
         finally:
             index.close()
     assert recalls["starved"] < 1.0 <= recalls["default"] + 0.02
+
+
+def test_cli_keeps_or_overrides_the_stored_index_parameters(tmp_path, catalog, embedder):
+    import subprocess
+    import sys
+
+    _, manifest = catalog
+
+    def index(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "services.evaluator.cli", "index", "--collection", "catalog", "--catalog",
+             str(manifest), "--embedder", embedder.address, "--store", str(tmp_path / "edge"), "--json", *flags],
+            capture_output=True, text=True, timeout=300)
+
+    first = index("--m", "8", "--ef-construct", "32")
+    assert first.returncode == 0, first.stderr
+    again = index("--m", "8")  # the flags given agree with what is stored: nothing changes
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["unchanged"] == json.loads(first.stdout)["points"]
+    other = index("--quantization", "scalar")
+    assert other.returncode == 2 and other.stderr.startswith("error: ") and "--reembed" in other.stderr
+    rebuilt = index("--quantization", "scalar", "--reembed")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(rebuilt.stdout)["rebuilt"] is True
+    stored = open_index("catalog", store=tmp_path / "edge")
+    try:
+        assert stored.meta().params == IndexParams(m=8, ef_construct=32, quantization="scalar")
+    finally:
+        stored.close()
+    bad = index("--quantization", "product")
+    assert bad.returncode == 2 and "quantization 'product'" in bad.stderr
