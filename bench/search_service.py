@@ -63,9 +63,9 @@ def exact_top(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def ann_sweep(index, queries: np.ndarray, exact: list[set[str]], k: int = 10) -> list[dict]:
+def ann_sweep(index, queries: np.ndarray, exact: list[set[str]], k: int = 10, efs=EFS) -> list[dict]:
     rows = []
-    for ef in EFS:
+    for ef in efs:
         started = time.perf_counter()
         found = [{h.image_id for h in index.search(q, k, ef=ef)} for q in queries]
         elapsed = time.perf_counter() - started
@@ -79,7 +79,7 @@ def chosen_ef(rows: list[dict]) -> int | None:
     return next((r["ef"] for r in rows if r["recall@10"] >= TARGET), None)
 
 
-def synthetic(n: int, dim: int, n_queries: int, params: IndexParams, intrinsic: int) -> dict:
+def synthetic(n: int, dim: int, n_queries: int, params: IndexParams, intrinsic: int, efs=EFS) -> dict:
     rng = np.random.default_rng(0)
     print(f"synthetic catalog {n} x {dim} (intrinsic dimension {intrinsic or dim})", flush=True)
     gallery = unit_rows(rng, n, dim, intrinsic)
@@ -102,7 +102,7 @@ def synthetic(n: int, dim: int, n_queries: int, params: IndexParams, intrinsic: 
         index.optimize()
         build_s = time.perf_counter() - started
         print(f"  upsert {upsert_s:.0f}s, HNSW build {build_s:.0f}s", flush=True)
-        rows = ann_sweep(index, queries, exact)
+        rows = ann_sweep(index, queries, exact, efs=efs)
         index.close()
     return {"n": n, "dim": dim, "intrinsic_dim": intrinsic or dim, "queries": n_queries, "params": vars(params) if hasattr(params, "__dict__") else str(params),
             "upsert_s": round(upsert_s, 1), "hnsw_build_s": round(build_s, 1), "sweep": rows, "chosen_ef": chosen_ef(rows)}
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construct", type=int, default=100)
+    parser.add_argument("--efs", default=",".join(map(str, EFS)), help="search ef values for the synthetic sweep")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--models", default="histogram,efficientnet-lite0")
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["quickstart_ann"] = quickstart_ann(root, embedder.address)
         if args.synthetic:
             params = IndexParams(m=args.m, ef_construct=args.ef_construct, indexing_threshold_kb=1, full_scan_threshold_kb=1)
-            result["synthetic_ann"] = synthetic(args.synthetic, args.dim, args.queries, params, args.intrinsic_dim)
+            result["synthetic_ann"] = synthetic(args.synthetic, args.dim, args.queries, params, args.intrinsic_dim,
+                                                [int(e) for e in args.efs.split(",")])
         if not args.skip_service:
             ef = result.get("synthetic_ann", {}).get("chosen_ef")
             result["service"] = [service_figures(root, m.strip(), args.clients, args.seconds, ef)
