@@ -322,3 +322,20 @@ def _health(address: str) -> str:
     with grpc.insecure_channel(address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
     return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+
+
+def test_bearer_auth_guards_search_but_not_health(tmp_path, deployed):
+    dataset = deployed["dataset"]
+    image = dataset.read(dataset.queries()[0])
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-search-token\n")
+    index_with_cli(tmp_path / "store", deployed["embedder"].address, deployed["manifest"])
+    with search_process(tmp_path / "store", deployed["embedder"].address, "--auth-token-file", str(token_file)) as service:
+        with SearchClient(service.address) as anonymous:
+            with pytest.raises(SearchCallError) as denied:
+                anonymous.search_image(image)
+            assert denied.value.code is grpc.StatusCode.UNAUTHENTICATED
+        with SearchClient(service.address, auth_token="s3cret-search-token") as client:
+            assert client.search_image(image).hits
+        assert _health(service.address) == "SERVING"
+        assert "s3cret-search-token" not in service.output_tail
