@@ -15,6 +15,8 @@ from services.search.build import ThresholdError, build_index, threshold_from_re
 from services.search.index import CatalogIndexError, IndexParams, open_index
 from tests.search_support import benchmark_run, embedder_on_loopback, quickstart_open
 
+pytestmark = pytest.mark.slow  # a real embedder on loopback, the quickstart catalog
+
 BACKENDS = {
     "edge": lambda tmp: open_index("catalog", store=tmp / "edge"),
     "server-client": lambda tmp: open_index("catalog", qdrant_path=tmp / "qdrant"),

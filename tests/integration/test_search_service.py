@@ -25,6 +25,8 @@ from services.evaluator.servers import ServerProcess, embedder_process
 from services.search.client import SearchCallError, SearchClient
 from tests.search_support import benchmark_run, quickstart_open
 
+pytestmark = pytest.mark.slow  # real embedder and search processes, the quickstart catalog
+
 COLLECTION = "quickstart"
 
 
