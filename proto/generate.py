@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 DEFAULT_OUT = ROOT / "services" / "common" / "proto"
-PROTOS = ["vsbench/v1/embedding.proto"]
+PROTOS = ["vsbench/v1/embedding.proto", "vsbench/v1/search.proto"]
 
 
 def generate(out: Path) -> None:
@@ -49,9 +49,10 @@ def generate(out: Path) -> None:
         # inside the `services` package, so make the sibling import relative.
         for path in generated.rglob("*_grpc.py*"):
             text = path.read_text()
-            text = text.replace("from vsbench.v1 import embedding_pb2", "from . import embedding_pb2")
-            text = text.replace("import vsbench.v1.embedding_pb2", "from . import embedding_pb2")
-            text = text.replace("vsbench.v1.embedding_pb2.", "embedding_pb2.")
+            for stem in (Path(proto).stem + "_pb2" for proto in PROTOS):
+                text = text.replace(f"from vsbench.v1 import {stem}", f"from . import {stem}")
+                text = text.replace(f"import vsbench.v1.{stem}", f"from . import {stem}")
+                text = text.replace(f"vsbench.v1.{stem}.", f"{stem}.")
             path.write_text(text)
         for pkg in {p.parent for p in generated.rglob("*.py")} | {generated / "vsbench"}:
             (pkg / "__init__.py").touch()

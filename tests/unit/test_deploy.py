@@ -35,9 +35,10 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 # The evaluator configs compose runs: its own, and the Table 3 recipe (profiles table3 + commercial).
 COMPOSE_CONFIGS = sorted((REPO / "deploy" / "compose").glob("*.yaml")) + [REPO / "configs" / "table3.yaml"]
-ALL_PROFILES = ("gpu", "table3", "commercial")
+ALL_PROFILES = ("gpu", "table3", "commercial", "search")
 TABLE3_EMBEDDERS = {"embedder-dinov3", "embedder-siglip2", "embedder-pecore", "embedder-jina", "embedder-nomic"}
 PROXIES = {"proxy-cohere", "proxy-vertex", "proxy-gemini"}
+SEARCH = {"index-catalog", "search"}  # profile `search` (docs/search.md)
 DOCKER_DIR = REPO / "deploy" / "docker"
 DOCKERFILES = sorted(DOCKER_DIR.glob("Dockerfile.*"))
 SERVER_DOCKERFILES = [p for p in DOCKERFILES if p.name != "Dockerfile.evaluator"]
@@ -143,7 +144,8 @@ def test_compose_schema_check_catches_a_wrong_key():
 
 
 @pytest.mark.parametrize(
-    "profiles", [(), ("gpu",), ("commercial",), ("gpu", "commercial"), ("table3",), ("table3", "commercial")]
+    "profiles", [(), ("gpu",), ("commercial",), ("gpu", "commercial"), ("table3",), ("table3", "commercial"),
+                 ("search",)]
 )
 def test_compose_loads_with_docker_compose(profiles):
     services = _compose_rendered(*profiles)["services"]
@@ -151,6 +153,7 @@ def test_compose_loads_with_docker_compose(profiles):
     expected |= {"embedder-dinov2"} if {"gpu", "table3"} & set(profiles) else set()
     expected |= TABLE3_EMBEDDERS if "table3" in profiles else set()
     expected |= PROXIES if "commercial" in profiles else set()
+    expected |= SEARCH if "search" in profiles else set()
     assert set(services) == expected
 
 
@@ -177,13 +180,14 @@ def test_qdrant_is_pinned_persistent_and_health_checked():
 
 
 def _grpc_services(rendered: dict) -> dict[str, dict]:
-    return {name: s for name, s in rendered["services"].items() if name.startswith(("embedder-", "proxy-"))}
+    return {name: s for name, s in rendered["services"].items()
+            if name.startswith(("embedder-", "proxy-")) or name == "search"}
 
 
 def test_every_long_running_service_has_a_health_check():
     rendered = _compose_rendered(*ALL_PROFILES)
     for name, service in rendered["services"].items():
-        if name == "evaluator":
+        if name in ("evaluator", "index-catalog"):  # one-shot jobs
             continue
         check = service.get("healthcheck")
         assert check and check.get("test") and not check.get("disable"), f"{name} has no health check"
@@ -648,7 +652,11 @@ def _kustomize(directory: Path) -> list[dict]:
 
 
 # overlays with components added, as docs/deployment.md tells users to do
-COMPONENT_RENDERS = {"cpu+commercial": ("commercial",), "cpu+scale": ("sharded-search", "qdrant-distributed")}
+COMPONENT_RENDERS = {
+    "cpu+commercial": ("commercial",),
+    "cpu+scale": ("sharded-search", "qdrant-distributed"),
+    "cpu+search": ("search",),
+}
 
 
 @functools.cache
@@ -692,7 +700,7 @@ def _containers(workload: dict) -> list[dict]:
 
 def _grpc_deployments(overlay: str) -> list[dict]:
     return [d for d in _objects(overlay, "Deployment")
-            if d["metadata"]["name"].startswith(("embedder-", "proxy-"))]
+            if d["metadata"]["name"].startswith(("embedder-", "proxy-")) or d["metadata"]["name"] == "search"]
 
 
 @pytest.mark.parametrize("overlay", ALL_RENDERS)
@@ -808,7 +816,7 @@ def test_services_select_pods_and_grpc_services_are_headless(overlay):
         selector = service["spec"]["selector"]
         selected = any(all(t.get(k) == v for k, v in selector.items()) for t in templates)
         assert selected, service["metadata"]["name"]
-        if service["metadata"]["name"].startswith(("embedder-", "proxy-")):
+        if service["metadata"]["name"].startswith(("embedder-", "proxy-")) or service["metadata"]["name"] == "search":
             assert service["spec"].get("clusterIP") == "None", "client-side round_robin needs pod IPs"
 
 
@@ -1011,3 +1019,21 @@ def test_qdrant_distributed_peers_bootstrap_through_peer_zero(tmp_path):
     budget = _named("cpu+scale", "PodDisruptionBudget", "qdrant")["spec"]
     assert budget["maxUnavailable"] < int(env["QDRANT__STORAGE__COLLECTION__REPLICATION_FACTOR"]), \
         "a drain keeps a replica of every shard up"
+
+
+def test_search_serves_the_collection_its_index_job_builds_with_the_same_embedder():
+    """Compose and k8s: the search service reads the collection the index job writes, embedded by the
+    same embedder (a collection of another model would be refused at start), and k8s scales it."""
+    services = _compose_rendered("search")["services"]
+    index, search = services["index-catalog"]["command"], services["search"]["command"]
+    for flag in ("--collection", "--embedder", "--qdrant-url"):
+        assert _flag(index, flag) == _flag(search, flag), flag
+    assert services["search"]["depends_on"]["index-catalog"]["condition"] == "service_completed_successfully"
+    job = _named("cpu+search", "Job", "index-catalog")
+    deployment = _named("cpu+search", "Deployment", "search")
+    (indexer,), (server,) = _containers(job), _containers(deployment)
+    for flag in ("--collection", "--embedder", "--qdrant-url"):
+        assert _flag(indexer["args"], flag) == _flag(server["args"], flag), flag
+    hpa = _named("cpu+search", "HorizontalPodAutoscaler", "search")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "search"}
+    assert hpa["spec"]["minReplicas"] >= 2
