@@ -205,7 +205,9 @@ def test_corrupt_bytes_inside_a_valid_header_never_raise_anything_else():
         try:
             image = decode_image(bytes(damaged))
         except ImageError as exc:
-            assert exc.code == ErrorCode.INVALID_IMAGE
+            # A damaged header can also declare an absurd size or aspect ratio: refused as too
+            # large before anything is allocated. (effect_noise is not seeded: any case can occur.)
+            assert exc.code in (ErrorCode.INVALID_IMAGE, ErrorCode.IMAGE_TOO_LARGE)
         else:
             assert image.mode == "RGB"
 
