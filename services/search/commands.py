@@ -1,4 +1,4 @@
-"""What `vsbench index` and `vsbench search` do (services/evaluator/cli.py holds only their flags)."""
+"""What `vsbench index` and `vsbench search` do (services/evaluator/cli/search.py holds only their flags)."""
 
 from __future__ import annotations
 
