@@ -93,37 +93,23 @@ class RunningServer:
             await close()
 
 
-async def start(model: AsyncEmbedder, settings: ServerSettings) -> RunningServer:
-    """Start serving `model` in the running event loop and return once the port is bound.
-
-    Raises OSError (port taken, unreadable TLS or token file) or ValueError (bad settings); the
-    model is closed again when it was started, so a failed start leaks no threads.
-    """
-    # Everything that reads files or can refuse the settings runs before the model starts.
-    interceptors = []
+def server_security(settings: ServerSettings) -> tuple[list, grpc.ServerCredentials | None, bool]:
+    """(interceptors, TLS credentials, auth on?) from the settings; reads the token and TLS files,
+    so it runs before anything is started (ConfigError on an unreadable or incomplete setting)."""
     token = settings.resolved_auth_token()
-    if token:
-        interceptors.append(_BearerAuth(token))
-    credentials = _server_credentials(settings)
-    startup = getattr(model, "start", None)
-    if startup is not None:
-        await startup()
-    try:
-        return await _start_server(model, settings, interceptors, credentials, bool(token))
-    except BaseException:
-        close = getattr(model, "close", None)
-        if close is not None:
-            await close()
-        raise
+    return ([_BearerAuth(token)] if token else []), _server_credentials(settings), bool(token)
 
 
-async def _start_server(
-    model: AsyncEmbedder,
+async def open_server(
     settings: ServerSettings,
     interceptors: list,
     credentials: grpc.ServerCredentials | None,
-    auth: bool,
-) -> RunningServer:
+    register: Callable[[grpc.aio.Server], None],
+    service_name: str,
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Every vsbench server's conventions around the services `register` adds: message limits
+    (and the optional max connection age), health and reflection for `service_name`, the bind
+    (ServeError when taken), Prometheus metrics; returns once serving, health SERVING."""
     options = channel_options(settings.max_message_mb)
     if settings.max_connection_age_s:
         # In-flight streams get a grace period; the evaluator's client resends what was unanswered.
@@ -132,11 +118,11 @@ async def _start_server(
             ("grpc.max_connection_age_grace_ms", 60_000),
         ]
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    pb_grpc.add_EmbedderServicer_to_server(EmbeddingServicer(model), server)
+    register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
     address = f"{settings.host}:{settings.port}"
@@ -151,8 +137,49 @@ async def _start_server(
 
         start_http_server(settings.metrics_port, addr=settings.host)
     await server.start()
-    for service in ("", SERVICE_NAME):
+    for service in ("", service_name):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+async def run_until_signal(running, grace_seconds: float, on_ready=None) -> None:
+    """Call on_ready(running) (sync or async), then serve until SIGTERM or SIGINT and drain
+    gracefully through running.stop(grace_seconds)."""
+    if on_ready is not None:
+        maybe = on_ready(running)
+        if asyncio.iscoroutine(maybe):
+            await maybe
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining for up to %.1fs", grace_seconds)
+    await running.stop(grace_seconds)
+
+
+async def start(model: AsyncEmbedder, settings: ServerSettings) -> RunningServer:
+    """Start serving `model` in the running event loop and return once the port is bound.
+
+    Raises OSError (port taken, unreadable TLS or token file) or ValueError (bad settings); the
+    model is closed again when it was started, so a failed start leaks no threads.
+    """
+    # Everything that reads files or can refuse the settings runs before the model starts.
+    interceptors, credentials, auth = server_security(settings)
+    startup = getattr(model, "start", None)
+    if startup is not None:
+        await startup()
+    try:
+        server, port, health_servicer = await open_server(
+            settings, interceptors, credentials,
+            lambda server: pb_grpc.add_EmbedderServicer_to_server(EmbeddingServicer(model), server), SERVICE_NAME,
+        )
+    except BaseException:
+        close = getattr(model, "close", None)
+        if close is not None:
+            await close()
+        raise
     log.info("serving %s on %s:%d (tls=%s, auth=%s)", model.info().name, settings.host, port,
              credentials is not None, auth)
     return RunningServer(server=server, port=port, health=health_servicer, model=model)
@@ -164,19 +191,7 @@ async def serve_until_signal(
     on_ready: Callable[[RunningServer], Awaitable[None] | None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
-    running = await start(model, settings)
-    if on_ready is not None:
-        maybe = on_ready(running)
-        if asyncio.iscoroutine(maybe):
-            await maybe
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("draining for up to %.1fs", settings.grace_seconds)
-    await running.stop(settings.grace_seconds)
+    await run_until_signal(await start(model, settings), settings.grace_seconds, on_ready)
 
 
 class BackgroundServer:

@@ -9,19 +9,15 @@ one the embedder serves is refused (CollectionMismatch names both fingerprints).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import threading
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
-from services.common.errors import ServeError
-from services.common.grpc_server import _BearerAuth, _server_credentials, channel_options
+from services.common.grpc_server import open_server, run_until_signal, server_security
 from services.common.proto.vsbench.v1 import search_pb2 as spb
 from services.common.proto.vsbench.v1 import search_pb2_grpc as spb_grpc
 from services.common.types import ModelInfo
@@ -118,34 +114,14 @@ class RunningSearch:
 async def start(engine: SearchEngine, settings: SearchSettings,
                 probe: Callable[[], ModelInfo] | None = None) -> RunningSearch:
     """Serve `engine`; with `probe`, re-check the embedder's model every settings.model_check_s."""
-    interceptors = []
-    token = settings.resolved_auth_token()
-    if token:
-        interceptors.append(_BearerAuth(token))
-    credentials = _server_credentials(settings)
-    server = grpc.aio.server(options=channel_options(settings.max_message_mb), interceptors=interceptors)
+    interceptors, credentials, auth = server_security(settings)
     servicer = SearchServicer(engine, workers=settings.workers)
-    spb_grpc.add_SearchServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    address = f"{settings.host}:{settings.port}"
-    try:
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise ServeError(f"could not bind {address}: {exc}") from None
-    if port == 0:
-        raise ServeError(f"could not bind {address}")
-    if settings.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.host)
-    await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    server, port, health_servicer = await open_server(
+        settings, interceptors, credentials, lambda server: spb_grpc.add_SearchServicer_to_server(servicer, server),
+        SERVICE_NAME,
+    )
     log.info("serving collection %s on %s:%d (tls=%s, auth=%s)", engine.index.collection, settings.host, port,
-             credentials is not None, bool(token))
+             credentials is not None, auth)
     watcher = None
     if probe is not None:
         watcher = asyncio.create_task(_watch_model(engine, probe, settings.model_check_s, health_servicer))
@@ -156,19 +132,7 @@ async def serve_until_signal(
     engine: SearchEngine, settings: SearchSettings,
     on_ready: Callable[[RunningSearch], Awaitable[None] | None] | None = None,
 ) -> None:
-    running = await start(engine, settings, model_probe(settings))
-    if on_ready is not None:
-        maybe = on_ready(running)
-        if asyncio.iscoroutine(maybe):
-            await maybe
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("draining for up to %.1fs", settings.grace_seconds)
-    await running.stop(settings.grace_seconds)
+    await run_until_signal(await start(engine, settings, model_probe(settings)), settings.grace_seconds, on_ready)
 
 
 class BackgroundSearchServer:
