@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def run_spec(
             evaluation = Evaluation(store, spec.results_dir, options)
             shard = select_shard(dataset.records, spec.shard.index, spec.shard.count)
             for model_spec in spec.models:
-                with _closing(make_client(model_spec)) as client:
+                with closing(make_client(model_spec)) as client:
                     extra = {"model": {"group": model_spec.group}, "dataset": {"group": dataset_spec.group}}
                     outcome = evaluation.run(
                         dataset, client, model_spec.name, embed=embed, score=score,
@@ -200,17 +201,6 @@ def _print_outcome(console: Console, dataset: str, model: str, outcome: RunOutco
         console.print(f"[red]{where}: FAILED: {result.record.failure}[/] (record: {result.path})", highlight=False)
     elif outcome.report is not None and outcome.report.failure:
         console.print(f"[red]{where}: FAILED: {outcome.report.failure}[/]", highlight=False)
-
-
-class _closing:
-    def __init__(self, client: EmbeddingClient) -> None:
-        self.client = client
-
-    def __enter__(self) -> EmbeddingClient:
-        return self.client
-
-    def __exit__(self, *exc) -> None:
-        self.client.close()
 
 
 def embed_to_npz(
