@@ -31,7 +31,7 @@ import numpy as np
 from services.evaluator import topk_keys
 from services.evaluator.search_engine import resolve_engine
 
-__all__ = ["TIE_RULE", "Engine", "TopK", "exact_topk", "l2_normalize", "resolve_engine"]
+__all__ = ["TIE_RULE", "Engine", "TopK", "UnusableGalleryRow", "exact_topk", "l2_normalize", "resolve_engine"]
 
 Engine = Literal["auto", "torch", "numpy"]
 TIE_RULE = "score descending, then gallery position ascending"
@@ -175,6 +175,39 @@ def release_buffers() -> None:
     _scratch.release()
 
 
+class UnusableGalleryRow(ValueError):
+    """A gallery row that cannot be normalised (NaN, inf, or all zeros), found while searching with
+    normalize=True: `position` is its gallery position, so the caller can name the item."""
+
+    def __init__(self, position: int, norm: float) -> None:
+        self.position = position
+        self.why = "is a zero vector" if norm == 0 else "has NaN or inf values (or a norm beyond float32)"
+        super().__init__(f"gallery row {position} {self.why}")
+
+
+_PREPARE_ROWS = 1024  # rows per cast/normalise step: 4 MiB of float32 at 1024-d, in cache while worked on
+
+
+def _prepared(block: np.ndarray, out: np.ndarray, offset: int, normalize: bool) -> np.ndarray:
+    """`block` as float32 into `out` (a memmap is paged in by the copy), L2-normalised exactly as
+    l2_normalize does when asked, in cache-sized steps on all cores. Rows that cannot be normalised
+    raise UnusableGalleryRow."""
+
+    def prepare(start: int) -> None:
+        part = out[start : start + _PREPARE_ROWS]
+        np.copyto(part, block[start : start + _PREPARE_ROWS], casting="unsafe")
+        if normalize:
+            norms = np.linalg.norm(part, axis=1, keepdims=True)
+            bad = ~(np.isfinite(norms[:, 0]) & (norms[:, 0] > 0))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise UnusableGalleryRow(offset + start + row, float(norms[row, 0]))
+            np.divide(part, norms, out=part)
+
+    list(_pool().map(prepare, range(0, block.shape[0], _PREPARE_ROWS)))
+    return out
+
+
 class _CpuScorer:
     """GEMM by numpy's BLAS or torch's into one reused buffer; selection in numpy."""
 
@@ -200,19 +233,12 @@ class _CpuScorer:
     def queries(self, q: np.ndarray) -> np.ndarray:
         return np.array(q, dtype=np.float32, order="C", copy=True)
 
-    def gallery(self, block: np.ndarray) -> np.ndarray:
+    def gallery(self, block: np.ndarray, offset: int, normalize: bool) -> np.ndarray:
         usable = block.dtype == np.float32 and block.flags.c_contiguous
-        if usable and (self.torch is None or block.flags.writeable):  # torch wants writable memory
+        if not normalize and usable and (self.torch is None or block.flags.writeable):  # torch wants writable memory
             return block
-        out = self._buffer("cast", block.shape[0] * block.shape[1]).reshape(block.shape)
-        # float16 (or float64) -> float32 per block, on all cores: the copy also pages a memmap in
-        step = max(1024, -(-block.shape[0] // _cores()))
-
-        def cast(start: int) -> None:
-            np.copyto(out[start : start + step], block[start : start + step], casting="unsafe")
-
-        list(_pool().map(cast, range(0, block.shape[0], step)))
-        return out
+        return _prepared(block, self._buffer("cast", block.shape[0] * block.shape[1]).reshape(block.shape),
+                         offset, normalize)
 
     def tile_keys(self, q, g, k: int, offset: int, exclude, floor) -> np.ndarray:
         scores = self._buffer("scores", q.shape[0] * g.shape[0]).reshape(q.shape[0], g.shape[0])
@@ -241,8 +267,9 @@ class _CudaScorer:
     def queries(self, q: np.ndarray):
         return self.torch.from_numpy(np.array(q, dtype=np.float32, copy=True)).to(self.device)
 
-    def gallery(self, block: np.ndarray):
-        return self.torch.from_numpy(np.array(block, dtype=np.float32, copy=True)).to(self.device)
+    def gallery(self, block: np.ndarray, offset: int, normalize: bool):
+        host = _prepared(block, np.empty(block.shape, dtype=np.float32), offset, normalize)
+        return self.torch.from_numpy(host).to(self.device)
 
     def tile_keys(self, q, g, k: int, offset: int, exclude, floor) -> np.ndarray:
         torch = self.torch
@@ -294,7 +321,8 @@ def exact_topk(
     gallery: an (N, D) array (np.memmap streams from disk; float16 is converted per block) or an
     iterable of (n_i, D) blocks.
     exclude: per query, a gallery position never to return (its own image in intra), or -1.
-    normalize: L2-normalise queries and each gallery block on the fly (inputs from outside).
+    normalize: L2-normalise queries and each gallery block on the fly (inputs from outside, or
+    vectors read back from a store); a gallery row that cannot be raises UnusableGalleryRow.
     progress: optional callable(n_gallery_rows_done) for progress bars.
     """
     if k < 1:
@@ -326,7 +354,7 @@ def exact_topk(
                 raise ValueError(f"query dim {dim} != gallery dim {block.shape[-1]}")
             if offset + block.shape[0] > topk_keys.MAX_POSITION + 1:
                 raise ValueError(f"gallery longer than {topk_keys.MAX_POSITION + 1:,} rows")
-            g = scorer.gallery(l2_normalize(block) if normalize else block)
+            g = scorer.gallery(block, offset, normalize)
             for start, q in q_blocks:
                 rows = slice(start, start + q.shape[0])
                 ex = exclude[rows] if exclude is not None else None

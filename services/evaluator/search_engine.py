@@ -6,6 +6,10 @@ remembers the faster one in $XDG_CACHE_HOME/vsbench/search-engine.json (default 
 the library versions, thread count and CPU model, so a new machine or upgrade calibrates again.
 The cache is a convenience: when it cannot be read or written the result is kept in this process.
 With a GPU visible to torch, "auto" is torch (on the GPU) without calibrating.
+
+Resolving "auto" does not import torch (about a second of a `vsbench score` that takes a few) unless
+it has to: the cache key reads torch's version from its package metadata, and CUDA is asked only
+when the machine has a GPU device node for it to find.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 import platform
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -48,13 +53,36 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _threads() -> str:
+    """The GEMM thread setting: what the BLAS libraries read from the environment, else the CPUs
+    this process may run on (their default)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]}"
+    return str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+
+def _torch_version() -> str:
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
 def machine_key() -> str:
     """What the calibration depends on: library versions, threads and the CPU."""
-    import torch
-
     return (
-        f"numpy={np.__version__};torch={torch.__version__};threads={torch.get_num_threads()};"
+        f"numpy={np.__version__};torch={_torch_version()};threads={_threads()};"
         f"cpus={os.cpu_count()};cpu={_cpu_model()}"
+    )
+
+
+def gpu_device_present() -> bool:
+    """Whether a GPU torch could use may exist: NVIDIA's device nodes or driver, or ROCm's /dev/kfd.
+    Without one, torch.cuda.is_available() is False and importing torch to ask is wasted time."""
+    dev = Path("/dev")
+    return (
+        any(dev.glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia").exists() or (dev / "kfd").exists()
     )
 
 
@@ -125,8 +153,9 @@ def resolve_engine(engine: str = "auto") -> str:
         return engine
     if not has_torch:
         return "numpy"
-    import torch
+    if gpu_device_present():
+        import torch
 
-    if torch.cuda.is_available():
-        return "torch"
+        if torch.cuda.is_available():
+            return "torch"
     return calibrated_engine()

@@ -212,3 +212,23 @@ def test_cache_location_follows_xdg():
 
     assert cache_file({"XDG_CACHE_HOME": "/c"}).as_posix() == "/c/vsbench/search-engine.json"
     assert cache_file({"HOME": "/h"}).as_posix() == "/h/.cache/vsbench/search-engine.json"
+
+
+# ---- normalising while searching -----------------------------------------------------------------
+def test_normalize_on_the_fly_equals_normalising_first_bit_for_bit_and_names_a_bad_row():
+    from services.evaluator.search import UnusableGalleryRow, exact_topk, l2_normalize
+
+    rng = np.random.default_rng(3)
+    gallery = (rng.standard_normal((3000, 48)) * rng.uniform(0.1, 50, (3000, 1))).astype(np.float16)
+    queries = rng.standard_normal((40, 48)).astype(np.float32)
+    before = exact_topk(l2_normalize(queries), l2_normalize(gallery), 25, engine="numpy", tile_bytes=1 << 20)
+    during = exact_topk(queries, gallery, 25, engine="numpy", normalize=True, tile_bytes=1 << 20)
+    np.testing.assert_array_equal(before.indices, during.indices)
+    np.testing.assert_array_equal(before.scores, during.scores)
+    for row, value in ((2222, np.nan), (2500, 0.0)):
+        broken = gallery.copy()
+        broken[row] = value if np.isnan(value) else 0
+        with pytest.raises(UnusableGalleryRow) as caught:
+            exact_topk(queries, broken, 25, engine="numpy", normalize=True, tile_bytes=1 << 20)
+        assert caught.value.position == row
+        assert ("zero" in caught.value.why) == (value == 0)
