@@ -105,7 +105,7 @@ class AnalysesEntry(BaseModel):
 
     def options(self):
         """The evaluation loop's AnalysisOptions."""
-        from services.evaluator.analytics.analyses import AnalysisOptions
+        from services.evaluator.analytics.options import AnalysisOptions
 
         return AnalysisOptions(**self.model_dump())
 

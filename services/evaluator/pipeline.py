@@ -1,16 +1,15 @@
 """The one evaluation loop: dataset -> embedding client -> vector store -> exact search -> metrics
--> one RunRecord. `vsbench run`, `quickstart`, `embed` (into an NPZ store) and `score` (from NPZ
-files) all go through `Evaluation.run`. Everything it talks to is a seam (Dataset,
-EmbeddingClient, VectorStore)."""
+-> one RunRecord. `vsbench run`, `quickstart`, `embed` (into an NPZ file or an embedding
+directory) and `score` (from either) all go through `Evaluation.run`. Everything it talks to is a
+seam (Dataset, EmbeddingClient, VectorStore); the embedding stage is here, the scoring stage in
+score_stage.py."""
 
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -18,23 +17,11 @@ import numpy as np
 
 from services.common.types import CallUsage, ErrorCode, ImageItem, InputRole, ModelInfo
 from services.common.vectors import UnusableVector, unit_vector
-from services.evaluator.analytics.analyses import AnalysisOptions, run_analyses
+from services.evaluator.analytics.options import AnalysisOptions
 from services.evaluator.clients.base import EmbeddingClient, EmbeddingServiceError
 from services.evaluator.datasets.base import Dataset, ImageRecord, Setup, Split
-from services.evaluator.record import (
-    DatasetRecord,
-    GalleryCounts,
-    ItemErrorRecord,
-    ModelRecord,
-    ProtocolRecord,
-    QueryCounts,
-    RunRecord,
-    UsageRecord,
-)
-from services.evaluator.results import RunResult, new_run_id, now_iso, path_segment, write_run
-from services.evaluator.scoring import LabelIndex, iter_outcomes, protocol_record, score_topk
-from services.evaluator.search import TopK, exact_topk, l2_normalize, resolve_engine
-from services.evaluator.stores._common import check_fingerprint
+from services.evaluator.results import RunResult, path_segment
+from services.evaluator.score_stage import score_stage, versions  # noqa: F401 - versions: re-exported
 from services.evaluator.stores.base import VectorStore
 
 log = logging.getLogger(__name__)
@@ -119,16 +106,6 @@ def progress_bar(enabled: bool):
 def _chunks(values: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("vsbench", "numpy", "torch", "grpcio", "qdrant-edge-py", "qdrant-client", "transformers", "onnxruntime"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 class Evaluation:
@@ -282,161 +259,16 @@ class Evaluation:
         extra: dict | None,
         out: Path | None,
     ) -> RunResult:
-        opts = self.options
-        started = time.perf_counter()
-        collection = collection_name(dataset.name, model_name)
-        stored_fp = self.store.collection_fingerprint(collection)
-        if report is None and stored_fp is not None:
-            check_fingerprint(collection, stored_fp, info.fingerprint)  # score-only: same model only
-        gallery_records = dataset.gallery()
-        query_records = dataset.queries()
-        if stored_fp is None:
-            stored: set[str] = set()
-        else:
-            stored = self._stored_ids(collection, [r.image_id for r in gallery_records] + (
-                [] if dataset.setup is Setup.INTRA else [r.image_id for r in query_records]
-            ))
-        gallery = [r for r in gallery_records if r.image_id in stored]
-        queries = [r for r in query_records if r.image_id in stored]
-        missing_ids = {r.image_id for r in missing}
-        errors = list(report.errors) if report else []
-        not_stored_queries = [r for r in query_records if r.image_id not in stored]
-        not_stored_gallery = [r for r in gallery_records if r.image_id not in stored]
-        record = RunRecord(
-            run_id=new_run_id(),
-            created=now_iso(),
-            dataset=DatasetRecord(
-                name=dataset.name, setup=dataset.setup.value, gallery_type=dataset.gallery_type.value,
-                description=dataset.description, counts=dataset.counts(), source=dict(dataset.source),
-            ),
-            model=_model_record(info, model_name),
-            missing_images=sorted(missing_ids),
-            errors=[ItemErrorRecord(**e) for e in errors],
-            # Only services that bill per call report usage (the api_proxy); an embedder reports none.
-            usage=UsageRecord(**report.usage.to_dict()) if report is not None and report.usage.reported else None,
-            versions=versions(),
+        return score_stage(
+            self.store, self.results_dir, self.options, dataset, info, model_name,
+            collection_name(dataset.name, model_name), report=report, missing=missing, extra=extra, out=out,
         )
-        record = _apply_extra(record, extra)
-        gallery_counts = GalleryCounts(
-            total=len(gallery_records),
-            indexed=len(gallery),
-            failed_to_embed=sum(r.image_id not in missing_ids for r in not_stored_gallery),
-            missing_files=sum(r.image_id in missing_ids for r in not_stored_gallery),
-        )
-        timings: dict[str, float | int | None] = {}
-        if report is not None:
-            timings.update(
-                embed_s=round(report.seconds, 4),
-                images_embedded=report.embedded,
-                images_already_stored=report.already_stored,
-                images_per_s=report.images_per_s,
-            )
-        failure = report.failure if report is not None else None
-        if failure is None and not gallery:
-            failure = f"no gallery image of {dataset.name} has a stored vector from {model_name}" + (
-                f" ({len(errors)} per-image errors, first: {errors[0]['code']}: {errors[0]['message']})" if errors else ""
-            )
-        if failure is not None:
-            record = record.model_copy(update={
-                "status": "failed", "failure": failure, "gallery": gallery_counts,
-                "timings": {**timings, "score_total_s": round(time.perf_counter() - started, 4)},
-            })
-            return write_run(self.results_dir, record, None, path=out)
-
-        position = {r.image_id: i for i, r in enumerate(gallery)}
-        labels = LabelIndex()
-        gallery_codes = labels.encode([r.product_id for r in gallery])
-        query_codes = labels.encode([r.product_id for r in queries])
-        exclude = (
-            np.array([position[r.image_id] for r in queries], dtype=np.int64)
-            if dataset.setup is Setup.INTRA
-            else None
-        )
-        depth = max(max(opts.recall_k), max(opts.map_k))
-        query_vectors = l2_normalize(self._fetch_all(collection, [r.image_id for r in queries], info.dim))
-
-        search_started = time.perf_counter()
-        if opts.search == "qdrant":
-            topk = self._search_qdrant(collection, query_vectors, queries, position, depth, dataset.setup)
-            search_desc = "Qdrant exact search (SearchParams(exact=True), Distance.DOT)"
-        else:
-            blocks = (l2_normalize(block.vectors) for block in self.store.fetch(collection, [r.image_id for r in gallery]))
-            topk = exact_topk(query_vectors, blocks, depth, exclude=exclude, engine=opts.engine)
-            search_desc = f"exact blocked matmul over vectors read back from the store ({resolve_engine(opts.engine)})"
-        search_s = time.perf_counter() - search_started
-
-        scores = score_topk(
-            topk, query_codes, gallery_codes, recall_k=opts.recall_k, map_k=opts.map_k,
-            query_in_gallery=exclude, unanswerable_as_miss=opts.unanswerable_as_miss,
-        )
-        queries_counts = QueryCounts(
-            **scores.queries,
-            failed_to_embed=sum(r.image_id not in missing_ids for r in not_stored_queries),
-            missing_files=sum(r.image_id in missing_ids for r in not_stored_queries),
-        )
-        # Queries that never got a vector are not in `scores` at all; say so beside the total.
-        queries_counts.total += len(not_stored_queries)
-        gallery_counts.distractors = int((gallery_codes < 0).sum())
-        timings["search_s"] = round(search_s, 4)
-        timings["score_total_s"] = round(time.perf_counter() - started, 4)
-        protocol = ProtocolRecord(**protocol_record(
-            setup=dataset.setup.value, gallery_type=dataset.gallery_type.value, recall_k=opts.recall_k,
-            map_k=opts.map_k, search=search_desc, unanswerable_as_miss=opts.unanswerable_as_miss,
-        ))
-        analyses = _analyses(
-            self, collection, gallery, topk, scores, query_codes, gallery_codes, exclude, query_vectors, timings
-        )
-        record = record.model_copy(update={
-            "protocol": protocol, "metrics": scores.metrics, "queries": queries_counts,
-            "gallery": gallery_counts, "timings": timings, "analyses": analyses,
-        })
-        outcomes = iter_outcomes(
-            scores, topk, [r.image_id for r in queries], [r.product_id for r in queries],
-            [r.image_id for r in gallery], opts.map_k,
-        )
-        return write_run(self.results_dir, record, outcomes, path=out)
 
     def _stored_ids(self, collection: str, image_ids: Sequence[str]) -> set[str]:
         stored: set[str] = set()
         for chunk in _chunks(image_ids, LOOKUP_BATCH):
             stored |= self.store.existing_ids(collection, chunk)
         return stored
-
-    def _fetch_all(self, collection: str, image_ids: Sequence[str], dim: int) -> np.ndarray:
-        blocks = [b.vectors for b in self.store.fetch(collection, image_ids)]
-        return np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
-
-    def _search_qdrant(self, collection, query_vectors, queries, position, depth, setup) -> TopK:
-        exclude_ids = [r.image_id for r in queries] if setup is Setup.INTRA else None
-        # tie_order: equal scores ranked by gallery position, the same tie rule as the matmul engine.
-        hits = self.store.search_exact(
-            collection, query_vectors, depth, split="gallery", exclude_ids=exclude_ids, tie_order=position
-        )
-        indices = np.full((len(queries), depth), -1, dtype=np.int64)
-        scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
-        for row, ranked in enumerate(hits):
-            for col, hit in enumerate(ranked[:depth]):
-                indices[row, col] = position[hit.image_id]
-                scores[row, col] = hit.score
-        return TopK(indices=indices, scores=scores)
-
-
-def _analyses(evaluation, collection, gallery, topk, scores, query_codes, gallery_codes, exclude, query_vectors, timings):
-    """The record's `analyses` block (services/evaluator/analytics) from this run's ranking and
-    stored vectors; its seconds go into timings["analyses_s"]."""
-    opts = evaluation.options
-    started = time.perf_counter()
-    analyses = run_analyses(
-        opts.analyses, topk=topk, scores=scores, query_codes=query_codes, gallery_codes=gallery_codes,
-        exclude=exclude, query_vectors=query_vectors,
-        gallery_vectors=lambda: l2_normalize(
-            evaluation._fetch_all(collection, [r.image_id for r in gallery], query_vectors.shape[1])
-        ),
-        recall_k=opts.recall_k, map_k=opts.map_k, unanswerable_as_miss=opts.unanswerable_as_miss, engine=opts.engine,
-    )
-    if analyses is not None:
-        timings["analyses_s"] = round(time.perf_counter() - started, 4)
-    return analyses
 
 
 def normalized_vector(vector: np.ndarray | None, dim: int) -> tuple[np.ndarray | None, str | None]:
@@ -450,26 +282,6 @@ def normalized_vector(vector: np.ndarray | None, dim: int) -> tuple[np.ndarray |
         return unit_vector(vector), None
     except UnusableVector as exc:
         return None, str(exc)
-
-
-def _model_record(info: ModelInfo, model_name: str) -> ModelRecord:
-    data = info.to_dict()
-    served_as = data.pop("name")
-    return ModelRecord(name=model_name, served_as=served_as, **data)
-
-
-def _apply_extra(record: RunRecord, extra: dict | None) -> RunRecord:
-    """Merge caller facts (leaderboard groups, dataset source details) into the record's sections;
-    validated again, so a misspelt key is refused rather than written."""
-    if not extra:
-        return record
-    data = record.model_dump(by_alias=True)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    return RunRecord.model_validate(data)
 
 
 def _payload(record: ImageRecord, dataset: str, model: str) -> dict:

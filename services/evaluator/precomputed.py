@@ -1,88 +1,34 @@
 """Precomputed embeddings: the `vsbench score` contract other tools rely on.
 
-NPZ keys: `embeddings` (N x D float), `ids` (N unique strings), `labels` (N strings; "" = distractor).
-Without a query file it is intra retrieval over the gallery (every labelled gallery image queries
-the rest). The files are checked here, then scored by the one loop (Evaluation.run) through an
-NpzStore, which L2-normalises like every other run.
+Each split (gallery, and optionally queries) is either an embedding directory (embeddings.npy,
+memory-mapped, + items.parquet with `id`, `label`; stores/embedding_dir.py) or an .npz with the keys
+`embeddings` (N x D float), `ids` (N unique strings), `labels` (N strings; "" = distractor).
+Without a query split it is intra retrieval over the gallery (every labelled gallery image queries
+the rest). Ids, labels and shapes are checked here, columnar; the vectors are checked (finite, not
+zero) as the one loop (Evaluation.run) streams them into the search, which L2-normalises like
+every other run. Nothing here holds a Python object per image.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from services.common.errors import VsbenchError
 from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, InputRole, ModelInfo
 from services.evaluator.datasets.base import Dataset, GalleryType, ImageRecord, Setup, Split
-from services.evaluator.stores.npz import NpzStore
-from services.evaluator.search import l2_normalize
+from services.evaluator.datasets.columns import DatasetColumns, inter_columns, intra_columns
+from services.evaluator.stores._common import StoreError
+from services.evaluator.stores.embedding_dir import SPLIT_DIRS, EmbeddingDirStore, EmbeddingSplit, read_split
 
 
 class InputError(VsbenchError, ValueError):
     """Bad precomputed input; the message is one line naming the problem and the row."""
-
-
-@dataclass
-class EmbeddingSet:
-    name: str
-    vectors: np.ndarray
-    ids: list[str]
-    labels: list[str]
-
-
-def load_npz(path: Path, role: str) -> EmbeddingSet:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{role} file {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise InputError(f"{role} file {path} is not a readable .npz: {exc}") from None
-    missing = [key for key in ("embeddings", "ids", "labels") if key not in data.files]
-    if missing:
-        raise InputError(f"{role} file {path} lacks key(s) {', '.join(missing)} (has {', '.join(data.files)})")
-    vectors = data["embeddings"]
-    ids = [str(x) for x in data["ids"].tolist()]
-    labels = ["" if x is None else str(x) for x in data["labels"].tolist()]
-    return EmbeddingSet(name=role, vectors=vectors, ids=ids, labels=labels)
-
-
-def validate_set(emb: EmbeddingSet, *, labels_required: bool) -> np.ndarray:
-    """Checks one set and returns its float32 L2-normalised vectors."""
-    where = emb.name
-    vectors = np.asarray(emb.vectors)
-    if vectors.ndim != 2:
-        raise InputError(f"{where}: embeddings must be 2-D (N x D), got shape {vectors.shape}")
-    if not np.issubdtype(vectors.dtype, np.number):
-        raise InputError(f"{where}: embeddings must be numeric, got dtype {vectors.dtype}")
-    n = vectors.shape[0]
-    if n == 0:
-        raise InputError(f"{where}: no embeddings")
-    if len(emb.ids) != n or len(emb.labels) != n:
-        raise InputError(
-            f"{where}: mismatched lengths: {n} embeddings, {len(emb.ids)} ids, {len(emb.labels)} labels"
-        )
-    vectors = vectors.astype(np.float32, copy=False)
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
-        raise InputError(f"{where}: row {row} (id {emb.ids[row]!r}) has NaN or inf values")
-    norms = np.linalg.norm(vectors, axis=1)
-    if (norms == 0).any():
-        row = int(np.flatnonzero(norms == 0)[0])
-        raise InputError(f"{where}: row {row} (id {emb.ids[row]!r}) is a zero vector")
-    seen: dict[str, int] = {}
-    for row, image_id in enumerate(emb.ids):
-        if image_id in seen:
-            raise InputError(f"{where}: duplicate id {image_id!r} at rows {seen[image_id]} and {row}")
-        seen[image_id] = row
-    if labels_required:
-        for row, label in enumerate(emb.labels):
-            if label == "":
-                raise InputError(f"{where}: row {row} (id {emb.ids[row]!r}) is a query with an empty label")
-    return l2_normalize(vectors)
 
 
 class PrecomputedClient:
@@ -105,75 +51,124 @@ class PrecomputedClient:
         return None
 
 
+@dataclass
 class PrecomputedDataset(Dataset):
-    """Ids and labels of precomputed files: there are no image files behind the records."""
+    """Ids and labels of precomputed files, held as columns: there are no image files and no
+    per-image records (`gallery()` / `queries()` build records on demand, for small uses only)."""
+
+    precomputed: DatasetColumns | None = field(default=None, repr=False)
+
+    def columns(self) -> DatasetColumns:
+        return self.precomputed
+
+    def counts(self) -> dict[str, int]:
+        return self.precomputed.counts()
+
+    def gallery(self) -> list[ImageRecord]:
+        c = self.precomputed
+        labels = c.products.take(pa.array(np.maximum(c.gallery_codes, 0))).to_pylist()
+        return [
+            ImageRecord(i, i, label if code >= 0 else "", Split.GALLERY)
+            for i, label, code in zip(c.gallery_ids.to_pylist(), labels, c.gallery_codes)
+        ]
+
+    def queries(self) -> list[ImageRecord]:
+        c = self.precomputed
+        split = Split.GALLERY if c.intra else Split.QUERY
+        return [ImageRecord(i, i, p, split) for i, p in zip(c.query_ids.to_pylist(), c.query_products())]
 
     def missing(self, records=None) -> list[ImageRecord]:
         return []
+
+    def validate(self) -> None:
+        return None  # checked when opened
 
     def read(self, record: ImageRecord) -> bytes:
         raise InputError(f"{record.image_id}: precomputed embeddings have no image to read")
 
 
 @dataclass
-class NpzInputs:
+class PrecomputedInputs:
     """`vsbench score` inputs made ready for the one loop: a dataset of the files' ids and
-    labels, an NpzStore over the same files, and the client describing the vectors."""
+    labels, a read-only store over the same files, and the client describing the vectors."""
 
-    dataset: Dataset
-    store: NpzStore
+    dataset: PrecomputedDataset
+    store: EmbeddingDirStore
     client: PrecomputedClient
     model_name: str
 
 
-def open_npz_inputs(
+def open_precomputed_inputs(
     gallery_path: Path, queries_path: Path | None, *, dataset_name: str | None = None, model_name: str | None = None
-) -> NpzInputs:
-    """Validate the files (one-line InputError naming the row) and describe them for the loop.
-    Without queries it is intra retrieval over the gallery (every labelled image queries the rest)."""
-    gallery = load_npz(gallery_path, "gallery")
-    validate_set(gallery, labels_required=False)
-    records = [ImageRecord(i, i, label, Split.GALLERY) for i, label in zip(gallery.ids, gallery.labels)]
+) -> PrecomputedInputs:
+    """Open and check the splits (one-line InputError naming the row) and describe them for the
+    loop. Without queries it is intra retrieval over the gallery."""
+    gallery = _open(gallery_path, "gallery")
     if queries_path is None:
-        setup = Setup.INTRA
-        if not any(gallery.labels):
+        setup, queries = Setup.INTRA, None
+        if pc.all(pc.equal(gallery.labels, "")).as_py():
             raise InputError("gallery: no row has a label, so intra retrieval has no queries")
+        columns = intra_columns(gallery.ids, gallery.labels)
     else:
-        setup = Setup.INTER
-        queries = load_npz(queries_path, "queries")
-        validate_set(queries, labels_required=True)
-        if queries.vectors.shape[1] != gallery.vectors.shape[1]:
-            raise InputError(
-                f"dimension mismatch: queries have {queries.vectors.shape[1]} dims, gallery has {gallery.vectors.shape[1]}"
-            )
+        setup, queries = Setup.INTER, _open(queries_path, "queries")
+        empty = _first(pc.equal(queries.labels, ""))
+        if empty is not None:
+            raise InputError(f"queries: row {empty} (id {queries.ids[empty].as_py()!r}) is a query with an empty label")
+        if queries.dim != gallery.dim:
+            raise InputError(f"dimension mismatch: queries have {queries.dim} dims, gallery has {gallery.dim}")
         # Inter splits must not overlap: a query also in the gallery would be its own top match.
-        gallery_ids = set(gallery.ids)
-        shared = next((i for i in queries.ids if i in gallery_ids), None)
+        shared = _first(pc.is_in(queries.ids, value_set=gallery.ids))
         if shared is not None:
             raise InputError(
-                f"queries: id {shared!r} is also a gallery id; inter retrieval needs disjoint splits "
-                "(omit --queries for intra retrieval over one set)"
+                f"queries: id {queries.ids[shared].as_py()!r} is also a gallery id; inter retrieval needs disjoint "
+                "splits (omit --queries for intra retrieval over one set)"
             )
-        records += [ImageRecord(i, i, label, Split.QUERY) for i, label in zip(queries.ids, queries.labels)]
-    name = dataset_name or gallery_path.name.removesuffix(".npz")
+        columns = inter_columns(gallery.ids, gallery.labels, queries.ids, queries.labels)
+    name = dataset_name or _default_name(gallery_path)
     dataset = PrecomputedDataset(
         name=name,
         setup=setup,
-        gallery_type=GalleryType.OPEN if "" in gallery.labels else GalleryType.CLOSED,
-        records=records,
+        gallery_type=GalleryType.OPEN if (columns.gallery_codes < 0).any() else GalleryType.CLOSED,
+        records=[],
         description="precomputed embeddings",
-        source={"format": "npz", "gallery": str(gallery_path), "queries": str(queries_path) if queries_path else ""},
+        source={
+            "format": "embedding-dir" if gallery_path.is_dir() else "npz",
+            "gallery": str(gallery_path), "queries": str(queries_path) if queries_path else "",
+            "embeddings_dtype": str(gallery.vectors.dtype),
+        },
+        precomputed=columns,
     )
-    store = NpzStore.single(gallery_path, queries_path)
-    fingerprint = store.collection_fingerprint(name) or ""
+    store = EmbeddingDirStore.reader(gallery, queries)
     info = ModelInfo(
-        name=model_name or name,
-        dim=int(gallery.vectors.shape[1]),
+        name=model_name or gallery.model or name,
+        dim=gallery.dim,
         preprocessing="unknown: embeddings computed before scoring",
         normalized=False,
         revision="",
         max_batch=0,
         backend="precomputed",
-        fingerprint=fingerprint,
+        fingerprint=store.collection_fingerprint(name) or "",
     )
-    return NpzInputs(dataset=dataset, store=store, client=PrecomputedClient(info), model_name=model_name or name)
+    return PrecomputedInputs(dataset=dataset, store=store, client=PrecomputedClient(info),
+                             model_name=model_name or name)
+
+
+def _open(path: Path, role: str) -> EmbeddingSplit:
+    try:
+        return read_split(path, role)
+    except StoreError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _first(mask: pa.Array) -> int | None:
+    """Index of the first true value, or None."""
+    if not pc.any(mask).as_py():
+        return None
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+def _default_name(gallery_path: Path) -> str:
+    """`emb.npz` -> emb; `out/gallery` (what `vsbench embed --out out` writes) -> out."""
+    if gallery_path.is_dir() and gallery_path.name in SPLIT_DIRS.values():
+        return gallery_path.resolve().parent.name
+    return gallery_path.name.removesuffix(".npz")

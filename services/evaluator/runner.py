@@ -203,31 +203,63 @@ def _print_outcome(console: Console, dataset: str, model: str, outcome: RunOutco
         console.print(f"[red]{where}: FAILED: {outcome.report.failure}[/]", highlight=False)
 
 
-def embed_to_npz(
-    server: str, images: Path, out: Path, *, batch_size: int = 32, show_progress: bool = True, reembed: bool = False
+def embed_to_files(
+    server: str, images: Path, out: Path, *, batch_size: int = 32, show_progress: bool = True, reembed: bool = False,
+    dtype: str = "float32",
 ) -> RunOutcome:
-    """Embed a folder or manifest through a server into the `vsbench score` NPZ format, through
-    the same loop as every run (an NpzStore is the vector store).
+    """Embed a folder or manifest through a server into a `vsbench score` format, through the
+    same loop as every run (the files are the vector store): OUT.npz -> NpzStore (OUT and
+    OUT.queries.npz), any other OUT -> EmbeddingDirStore (OUT/gallery/, OUT/queries/, streaming).
 
-    An inter dataset (with a query split) becomes two files, `out` (gallery) and OUT.queries.npz,
-    so scoring them keeps the dataset's protocol; anything else is one file, scored as intra.
-    Vectors land in chunk files as they arrive: an interrupted embed resumes where it stopped."""
+    An inter dataset keeps its query split apart, so scoring the files keeps the dataset's
+    protocol; anything else is one gallery, scored as intra. Vectors land in chunk files as they
+    arrive: an interrupted embed resumes where it stopped."""
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
     from services.evaluator.datasets.registry import load_dataset
-    from services.evaluator.stores.npz import NpzStore
 
     if _is_plain_image_dir(images):
         dataset = _plain_dir(images)  # unlabelled: nothing to validate for scoring
     else:
         dataset = load_dataset("folder" if images.is_dir() else "manifest", images)
         dataset.validate()
-    store = NpzStore.single(out)
+    store = _file_store(out, dtype)
     try:
         with GrpcEmbeddingClient(server, batch_size=batch_size) as client:
             evaluation = Evaluation(store, out.parent, EvaluationOptions(show_progress=show_progress, reembed=reembed))
             return evaluation.run(dataset, client, dataset.name, score=False)
     finally:
         store.close()
+
+
+def _file_store(out: Path, dtype: str):
+    if out.suffix == ".npz":
+        from services.evaluator.stores.npz import NpzStore
+
+        if dtype != "float32":
+            raise ConfigError("NPZ files hold float32; --dtype float16 needs an embedding directory (an OUT without .npz)")
+        return NpzStore.single(out)
+    from services.evaluator.stores.embedding_dir import EmbeddingDirStore
+
+    return EmbeddingDirStore(out, dtype=dtype)
+
+
+def score_command_for(out: Path) -> str | None:
+    """The `vsbench score` line for what `embed_to_files` wrote (None when nothing was)."""
+    if out.suffix == ".npz":
+        from services.evaluator.stores.npz import queries_path_for
+
+        queries = queries_path_for(out)
+        if not out.exists():
+            return None
+        return f"vsbench score --gallery {out}" + (f" --queries {queries}" if queries.exists() else "") + " --out results.json"
+    from services.evaluator.stores.embedding_dir import SPLIT_DIRS, is_embedding_dir
+
+    gallery, queries = out / SPLIT_DIRS["gallery"], out / SPLIT_DIRS["query"]
+    if not is_embedding_dir(gallery):
+        return None
+    return f"vsbench score --gallery {gallery}" + (f" --queries {queries}" if is_embedding_dir(queries) else "") + (
+        " --out results.json"
+    )
 
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}

@@ -14,17 +14,21 @@ import pytest
 from services.evaluator.search import exact_topk
 from services.evaluator.stores._common import FingerprintMismatch
 from services.evaluator.stores.base import point_id
+from services.evaluator.stores.embedding_dir import EmbeddingDirStore
 from services.evaluator.stores.registry import STORES, open_store
 
 COLL = "sop__toy-model"
 STORE_KINDS = {
     "edge": lambda tmp: open_store("qdrant-edge", path=tmp / "edge"),
     "npz": lambda tmp: open_store("npz", path=tmp / "npz"),
+    # One collection per directory (as `vsbench embed --out DIR` uses it), whatever its name.
+    "dir": lambda tmp: EmbeddingDirStore(tmp / "dir"),
     "client-memory": lambda tmp: open_store("qdrant-local", location=":memory:"),
 }
 REOPENABLE = {
     "edge": lambda tmp: open_store("qdrant-edge", path=tmp / "edge"),
     "npz": lambda tmp: open_store("npz", path=tmp / "npz"),
+    "dir": lambda tmp: EmbeddingDirStore(tmp / "dir"),
     "client-path": lambda tmp: open_store("qdrant-local", path=tmp / "client"),
 }
 

@@ -9,8 +9,11 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
 import yaml
 from PIL import Image
 
@@ -18,6 +21,7 @@ from services.evaluator.clients.grpc import GrpcEmbeddingClient
 from services.evaluator.datasets.registry import load_dataset
 from services.evaluator.pipeline import Evaluation, EvaluationOptions
 from services.evaluator.servers import embedder_process
+from services.evaluator.stores.embedding_dir import EmbeddingDirStore
 from services.evaluator.stores.npz import NpzStore
 
 
@@ -100,16 +104,29 @@ class CountingClient:
         self.inner.close()
 
 
-def test_embed_to_npz_keeps_what_arrived_through_an_outage_and_resumes(tmp_path):
-    """The NPZ writer is a VectorStore like the others: a service that dies for good leaves its
-    vectors in chunk files; the rerun embeds only the rest and writes the complete files."""
+def _written_ids(out: Path) -> dict[str, list[str]]:
+    """The ids per split in what `embed_to_files` wrote (NPZ files or an embedding directory)."""
+    if out.suffix == ".npz":
+        parts = {"gallery": out, "queries": out.with_name(out.stem + ".queries.npz")}
+        return {k: np.load(p)["ids"].tolist() for k, p in parts.items() if p.exists()}
+    return {k: pq.read_table(out / k / "items.parquet").column("id").to_pylist()
+            for k in ("gallery", "queries") if (out / k / "items.parquet").exists()}
+
+
+@pytest.mark.parametrize("out_name", ["emb.npz", "emb-dir"])
+def test_embed_keeps_what_arrived_through_an_outage_and_resumes(tmp_path, out_name):
+    """The embedding files are a VectorStore like the others: a service that dies for good leaves
+    its vectors in chunk files; the rerun embeds only the rest and writes the complete files, which
+    `vsbench score` reads (NPZ, or an embedding directory written streaming in float16)."""
     dataset = load_dataset("folder", make_folder(tmp_path / "ds"), name="ds")
-    out = tmp_path / "emb.npz"
+    out = tmp_path / out_name
+    open_files = (lambda: NpzStore.single(out)) if out.suffix == ".npz" else (
+        lambda: EmbeddingDirStore(out, dtype="float16"))
     port = free_port()
     server = embedder_process("histogram", "--port", str(port), "--max-batch", "4").start()
     first = CountingClient(GrpcEmbeddingClient(f"127.0.0.1:{port}", batch_size=4, max_in_flight=1,
                                                backoff_s=0.05, max_retries=2), server, kill_after=8)
-    store = NpzStore.single(out)
+    store = open_files()
     try:
         report = Evaluation(store, tmp_path, EvaluationOptions(show_progress=False)).run(
             dataset, first, "ds", score=False).report
@@ -119,23 +136,26 @@ def test_embed_to_npz_keeps_what_arrived_through_an_outage_and_resumes(tmp_path)
     assert report.failure and "UNAVAILABLE" in report.failure
     kept = report.embedded
     assert kept >= 8 and kept < len(dataset.records)
-    store.close()  # merges what arrived into out: nothing is lost
-    assert len(np.load(out)["ids"]) + (
-        len(np.load(tmp_path / "emb.queries.npz")["ids"]) if (tmp_path / "emb.queries.npz").exists() else 0
-    ) == kept
+    assert list((out.parent / (out.stem + ".partial") if out.suffix == ".npz" else out / ".partial").glob("chunk-*"))
+    store.close()  # merges what arrived into the final files: nothing is lost
+    assert sum(len(ids) for ids in _written_ids(out).values()) == kept
 
     with embedder_process("histogram") as again:
         second = CountingClient(GrpcEmbeddingClient(again.address))
-        store = NpzStore.single(out)
+        store = open_files()
         report = Evaluation(store, tmp_path, EvaluationOptions(show_progress=False)).run(
             dataset, second, "ds", score=False).report
         second.close()
         store.close()
     assert report.already_stored == kept and report.embedded == len(dataset.records) - kept
     assert not set(first.delivered) & set(second.delivered)  # nothing paid for twice
-    gallery, queries = np.load(out), np.load(tmp_path / "emb.queries.npz")
-    assert sorted(gallery["ids"].tolist() + queries["ids"].tolist()) == sorted(r.image_id for r in dataset.records)
-    done = vsbench("score", "--gallery", str(out), "--queries", str(tmp_path / "emb.queries.npz"),
-                   "--out", str(tmp_path / "r.json"))
+    written = _written_ids(out)
+    assert sorted(written["gallery"] + written["queries"]) == sorted(r.image_id for r in dataset.records)
+    if out.suffix == ".npz":
+        splits = [str(out), str(tmp_path / "emb.queries.npz")]
+    else:
+        splits = [str(out / "gallery"), str(out / "queries")]
+        assert np.load(out / "gallery" / "embeddings.npy", mmap_mode="r").dtype == np.float16
+    done = vsbench("score", "--gallery", splits[0], "--queries", splits[1], "--out", str(tmp_path / "r.json"))
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "r.json").read_text())["queries"]["scored"] == 6

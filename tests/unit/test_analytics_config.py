@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from services.evaluator.analytics.analyses import AnalysisOptions
+from services.evaluator.analytics.options import AnalysisOptions
 from services.evaluator.config import AnalysesEntry, RunSpec
 
 BASE = {"datasets": [{"name": "d", "format": "manifest", "path": "m.csv"}], "models": [{"name": "m", "inprocess": True}]}

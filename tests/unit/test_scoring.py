@@ -1,11 +1,22 @@
 """The protocol end to end on tiny hand-made embeddings: self-match, distractors, unanswerable.
 Scored the way `vsbench score` scores: NPZ files through the one loop (Evaluation.run)."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
+from services.common.errors import VsbenchError
 from services.evaluator.pipeline import Evaluation, EvaluationOptions
-from services.evaluator.precomputed import EmbeddingSet, InputError, open_npz_inputs
+from services.evaluator.precomputed import InputError, open_precomputed_inputs
+
+
+@dataclass
+class EmbeddingSet:
+    name: str
+    vectors: np.ndarray
+    ids: list[str]
+    labels: list[str]
 
 
 @pytest.fixture()
@@ -20,7 +31,7 @@ def score_sets(tmp_path):
                 continue
             paths[role] = tmp_path / f"{role}{n}.npz"
             np.savez(paths[role], embeddings=np.asarray(emb.vectors), ids=np.array(emb.ids), labels=np.array(emb.labels))
-        inputs = open_npz_inputs(paths["gallery"], paths.get("queries"))
+        inputs = open_precomputed_inputs(paths["gallery"], paths.get("queries"))
         options = EvaluationOptions(recall_k=recall_k, map_k=map_k, unanswerable_as_miss=unanswerable_as_miss,
                                     show_progress=False)
         try:
@@ -86,8 +97,10 @@ def test_inter_with_distractors_never_relevant(score_sets):
     ],
 )
 def test_bad_gallery_is_named_with_its_row(score_sets, mutate, message):
+    # Ids and shapes are refused when the files are opened (InputError); vectors as the search
+    # streams them (UnusableStoredVector): both one line under the error root.
     good = EmbeddingSet("gallery", unit(0, 10, 20), ["x", "y", "z"], ["A", "A", "B"])
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(VsbenchError, match=message):
         score_sets(mutate(good), None)
 
 

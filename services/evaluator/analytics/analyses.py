@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,6 +9,7 @@ import numpy as np
 from services.evaluator.analytics import compression as compression_mod
 from services.evaluator.analytics import open_set as open_set_mod
 from services.evaluator.analytics import scaling as scaling_mod
+from services.evaluator.analytics.options import AnalysisOptions
 from services.evaluator.record import Analyses, CompressionAnalysis, OpenSetAnalysis, ScalingAnalysis
 from services.evaluator.scoring import Scores
 from services.evaluator.search import TopK, exact_topk
@@ -24,20 +24,6 @@ COMPRESSION_METHOD = (
     "each quantization without and with full-precision rescoring of its top {depth}; exact search, "
     "the run's metrics and tie rule"
 )
-
-
-@dataclass
-class AnalysisOptions:
-    """Which analyses a run computes. open_set None: whenever out-of-catalog queries exist."""
-
-    open_set: bool | None = None
-    scaling: bool = False
-    compression: bool = False
-    qdrant_quantization: bool = True  # with compression: also Qdrant's own quantization (qdrant-edge)
-    target_precision: float = open_set_mod.DEFAULT_TARGET_PRECISION
-    folds: int = open_set_mod.DEFAULT_FOLDS
-    repetitions: int = scaling_mod.DEFAULT_REPETITIONS
-    seed: int = 0
 
 
 def run_analyses(

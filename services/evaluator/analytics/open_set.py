@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.evaluator.analytics.options import DEFAULT_FOLDS, DEFAULT_TARGET_PRECISION  # noqa: F401 - the defaults live with the options
+
 FAR_TARGETS: tuple[float, ...] = (0.01, 0.05, 0.10)
-DEFAULT_TARGET_PRECISION = 0.95
-DEFAULT_FOLDS = 5
 MAX_CURVE_POINTS = 200
 
 

@@ -16,10 +16,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from services.evaluator.analytics.options import DEFAULT_REPETITIONS  # noqa: F401 - the defaults live with the options
+
 from services.evaluator.scoring import score_topk
 from services.evaluator.search import TopK
 
-DEFAULT_REPETITIONS = 5
 DEFAULT_SIZES = 8  # log-spaced sizes between 1 and all, besides 0
 FIT_METRIC = "recall@1"
 METHOD = (

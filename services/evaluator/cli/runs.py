@@ -110,21 +110,30 @@ def _print_plan(spec) -> None:
 def embed(
     server: str = typer.Option(..., "--server", help="host:port of an Embedder server"),
     images: Path = typer.Option(..., "--images", exists=True, help="a folder of images or a dataset manifest"),
-    out: Path = typer.Option(..., "--out", help="NPZ to write (the `vsbench score` format)"),
+    out: Path = typer.Option(
+        ..., "--out", help="OUT.npz: NPZ files; any other path: an embedding directory (both `vsbench score` formats)"
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="embedding directories: float32 or float16 (half the disk; ILIAS stores float16)"
+    ),
     batch_size: int = typer.Option(32, help="images per request"),
     reembed: bool = typer.Option(False, "--reembed", help="replace an OUT made by another model fingerprint"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Embed images through a server into the NPZ format `vsbench score` reads.
+    """Embed images through a server into a format `vsbench score` reads.
 
-    A dataset with a query split (folder layout with query/, or an inter manifest) gives two files:
-    OUT (gallery) and OUT's name with .queries.npz (queries). Interrupted, it keeps what arrived
-    (in OUT's .partial folder) and a rerun embeds only the rest.
+    OUT ending in .npz: OUT (gallery) and, for a dataset with a query split (folder layout with
+    query/, or an inter manifest), OUT's name with .queries.npz; held in memory while written.
+    Any other OUT: an embedding directory, written streaming for galleries larger than memory:
+    OUT/gallery/ and OUT/queries/, each embeddings.npy + items.parquet. Interrupted, either keeps
+    what arrived (in OUT's .partial folder) and a rerun embeds only the rest.
     """
-    from services.evaluator.runner import embed_to_npz
-    from services.evaluator.stores.npz import queries_path_for
+    from services.evaluator.runner import embed_to_files, score_command_for
 
-    outcome = embed_to_npz(server, images, out, batch_size=batch_size, show_progress=not quiet, reembed=reembed)
+    if dtype not in ("float32", "float16"):
+        raise typer.BadParameter(f"--dtype takes float32 or float16, got {dtype!r}")
+    outcome = embed_to_files(server, images, out, batch_size=batch_size, show_progress=not quiet, reembed=reembed,
+                             dtype=dtype)
     report = outcome.report
     console.print(
         f"embedded {report.embedded}, already stored {report.already_stored}, errors {len(report.errors)} -> {out}",
@@ -137,9 +146,9 @@ def embed(
     if report.failure:
         sys.stderr.write(f"error: {report.failure}; what arrived is kept, rerun to resume\n")
         raise typer.Exit(code=1)
-    if queries_path_for(out).exists():
-        console.print(f"score them with: vsbench score --gallery {out} --queries {queries_path_for(out)} --out results.json",
-                      highlight=False)
+    hint = score_command_for(out)
+    if hint:
+        console.print(f"score them with: {hint}", highlight=False)
     if report.embedded + report.already_stored == 0:
         raise typer.Exit(code=1)
 

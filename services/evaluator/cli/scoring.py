@@ -21,8 +21,14 @@ from services.evaluator.cli.core import (
 # ---- score ---------------------------------------------------------------------------------
 @app.command()
 def score(
-    gallery: Path = typer.Option(..., "--gallery", help="NPZ with embeddings, ids, labels (\"\" = distractor)"),
-    queries: Optional[Path] = typer.Option(None, "--queries", help="NPZ of queries; omit for intra retrieval"),
+    gallery: Path = typer.Option(
+        ..., "--gallery",
+        help="embedding directory (embeddings.npy + items.parquet: id, label; \"\" = distractor) or .npz "
+             "(embeddings, ids, labels)",
+    ),
+    queries: Optional[Path] = typer.Option(
+        None, "--queries", help="the queries in either format; omit for intra retrieval over the gallery"
+    ),
     k: str = typer.Option("1,5", "--k", help="Recall@K cut-offs, comma-separated"),
     map_k: str = typer.Option("20", "--map-k", help="mAP@K cut-offs, comma-separated"),
     out: Path = typer.Option(..., "--out", help="run record JSON to write (a .queries.jsonl is written beside it)"),
@@ -44,17 +50,20 @@ def score(
 ) -> None:
     """Score precomputed embeddings (exact search, Recall@K and mAP@K, in percent).
 
+    A directory's embeddings.npy is read memory-mapped and ids/labels stay columnar, so galleries
+    larger than memory score in bounded memory (docs/performance.md).
+
     Writes a run record that `vsbench table` and `vsbench report` read; --open-set, --scaling and
     --compression add the decision analytics (docs/analytics.md)."""
-    from services.evaluator.analytics.analyses import AnalysisOptions
+    from services.evaluator.analytics.options import AnalysisOptions
     from services.evaluator.pipeline import Evaluation, EvaluationOptions
-    from services.evaluator.precomputed import open_npz_inputs
+    from services.evaluator.precomputed import open_precomputed_inputs
 
     recall_k, map_ks = parse_ks(k, "--k"), parse_ks(map_k, "--map-k")
     check_engine(engine)
     if out.exists():
         fail(f"{out} already exists; results are never overwritten")
-    inputs = open_npz_inputs(gallery, queries, dataset_name=dataset_name, model_name=model_name)
+    inputs = open_precomputed_inputs(gallery, queries, dataset_name=dataset_name, model_name=model_name)
     options = EvaluationOptions(
         recall_k=recall_k, map_k=map_ks, engine=engine, unanswerable_as_miss=unanswerable_as_miss, show_progress=False,
         analyses=AnalysisOptions(open_set=open_set, scaling=scaling, compression=compression,

@@ -10,10 +10,13 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
 from services.common.errors import VsbenchError
+
+if TYPE_CHECKING:
+    from services.evaluator.datasets.columns import DatasetColumns
 
 
 class Split(str, enum.Enum):
@@ -101,6 +104,24 @@ class Dataset:
             "gallery_products": len({r.product_id for r in gallery if not r.is_distractor}),
             "distractors": sum(r.is_distractor for r in gallery),
         }
+
+    def columns(self) -> "DatasetColumns":
+        """Ids and labels as columns (datasets/columns.py): all that scoring reads of a dataset."""
+        import pyarrow as pa
+
+        from services.evaluator.datasets.columns import inter_columns, intra_columns
+
+        gallery = self.gallery()
+        gallery_ids = pa.array([r.image_id for r in gallery], type=pa.string())
+        gallery_labels = pa.array([r.product_id for r in gallery], type=pa.string())
+        if self.setup is Setup.INTRA:
+            return intra_columns(gallery_ids, gallery_labels)
+        queries = self.queries()
+        return inter_columns(
+            gallery_ids, gallery_labels,
+            pa.array([r.image_id for r in queries], type=pa.string()),
+            pa.array([r.product_id for r in queries], type=pa.string()),
+        )
 
     # ---- reading -----------------------------------------------------------------------
     def path_of(self, record: ImageRecord) -> Path:

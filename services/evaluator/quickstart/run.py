@@ -23,7 +23,7 @@ from rich.markdown import Markdown
 from services.common.errors import VsbenchError
 from services.evaluator.clients.grpc import GrpcEmbeddingClient
 from services.evaluator.datasets.registry import load_dataset
-from services.evaluator.analytics.analyses import AnalysisOptions
+from services.evaluator.analytics.options import AnalysisOptions
 from services.evaluator.pipeline import Evaluation, EvaluationOptions
 from services.evaluator.quickstart.build import build_quickstart_dataset
 from services.evaluator.results import RunResult, load_results

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import VsbenchError
-from services.evaluator.stores.base import Hit, StoredVectors, point_id
+from services.evaluator.stores.base import Hit, StoredMatrix, StoredVectors, point_id
 
 # Both stores use the name as is: a folder for Qdrant Edge, a collection for a server.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -175,3 +175,34 @@ def ranked_search(
         pending = retry
         limit *= 4
     return results  # type: ignore[return-value]
+
+
+MATRIX_BATCH = 4096
+
+
+def matrix_by_lookup(store, name: str, image_ids, batch: int = MATRIX_BATCH) -> StoredMatrix:
+    """StoredMatrix for a store that looks ids up one batch at a time (existing_ids, fetch): Python
+    strings exist only for the batch at hand."""
+    n = len(image_ids)
+    stored = np.zeros(n, dtype=bool)
+    for start in range(0, n, batch):
+        chunk = image_ids.slice(start, batch).to_pylist()
+        found = store.existing_ids(name, chunk)
+        stored[start : start + len(chunk)] = [i in found for i in chunk]
+
+    def blocks():
+        for start in range(0, n, batch):
+            rows = np.flatnonzero(stored[start : start + batch])
+            if rows.size == 0:
+                continue
+            ids = image_ids.slice(start, batch).take(rows).to_pylist()
+            got = 0
+            for block in store.fetch(name, ids, batch_size=batch):
+                if block.image_ids != ids[got : got + len(block.image_ids)]:
+                    raise StoreError(f"{name}: vectors vanished while being read (was the collection written to?)")
+                got += len(block.image_ids)
+                yield block.vectors
+            if got != len(ids):
+                raise StoreError(f"{name}: {len(ids) - got} vectors vanished while being read")
+
+    return StoredMatrix(stored=stored, blocks=blocks)

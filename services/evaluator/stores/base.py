@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Fixed namespace: the same image id always maps to the same point id, across runs and stores.
 POINT_NAMESPACE = uuid.UUID("5b3f7a9e-2d6c-4c1e-9a57-6f1f0c8e4b21")
@@ -28,6 +31,17 @@ class StoredVectors:
     image_ids: list[str]
     vectors: np.ndarray  # (n, dim) float32
     payloads: list[dict]
+
+
+@dataclass(frozen=True)
+class StoredMatrix:
+    """The vectors stored for a column of image ids, read for scoring without one Python object per
+    image: `stored[i]` says whether ids[i] has a vector; `blocks()` yields the stored ones' vectors
+    in the ids' order, a bounded block at a time (memory-mapped slices where the store has them;
+    float16 or float32, not necessarily normalised: the search normalises)."""
+
+    stored: np.ndarray
+    blocks: Callable[[], Iterator[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,9 @@ class VectorStore(Protocol):
         """Qdrant's exact search (full scan, dot product) restricted to one split; `exclude_ids`
         gives per query an image id to leave out (intra self-match); `tie_order` maps image id to
         gallery position so equal scores follow the protocol's tie rule (default: by image id)."""
+
+    def matrix(self, name: str, image_ids: "pa.Array") -> StoredMatrix:
+        """Which of a column of image ids are stored, and their vectors as blocks in that order."""
 
     def count(self, name: str) -> int: ...
 

@@ -25,8 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from services.evaluator.stores._common import StoreError, check_batch, check_fingerprint, check_name, check_queries
-from services.evaluator.stores.base import Hit, StoredVectors
+from services.evaluator.stores._common import (
+    StoreError,
+    check_batch,
+    check_fingerprint,
+    check_name,
+    check_queries,
+    matrix_by_lookup,
+)
+from services.evaluator.stores.base import Hit, StoredMatrix, StoredVectors
 
 QUERIES_SUFFIX = ".queries.npz"
 _PARTIAL_META = "collection.json"
@@ -289,6 +296,9 @@ class NpzStore:
             ]
             hits.append(ranked)
         return hits
+
+    def matrix(self, name: str, image_ids) -> StoredMatrix:
+        return matrix_by_lookup(self, name, image_ids)
 
     def count(self, name: str) -> int:
         return len(self._require(name).ids)

@@ -25,6 +25,7 @@ from typing import Self
 import numpy as np
 
 from services.evaluator.stores._common import (
+    matrix_by_lookup,
     RawHit,
     StoreError,
     check_batch,
@@ -34,7 +35,7 @@ from services.evaluator.stores._common import (
     ranked_search,
     stored_block,
 )
-from services.evaluator.stores.base import Hit, StoredVectors, point_id
+from services.evaluator.stores.base import Hit, StoredMatrix, StoredVectors, point_id
 
 # Written by Qdrant Edge into every shard folder (documented: the config persists there).
 _EDGE_CONFIG_FILE = "edge_config.json"
@@ -240,6 +241,9 @@ class QdrantEdgeStore:
             return out
 
         return ranked_search(run, q.shape[0], k, excludes, engine_excludes=False, tie_order=tie_order)
+
+    def matrix(self, name: str, image_ids) -> StoredMatrix:
+        return matrix_by_lookup(self, name, image_ids)
 
     def count(self, name: str) -> int:
         return int(self._shard(name).count(self._q.CountRequest(exact=True)))

@@ -25,6 +25,7 @@ from typing import Self
 import numpy as np
 
 from services.evaluator.stores._common import (
+    matrix_by_lookup,
     RawHit,
     StoreError,
     check_batch,
@@ -34,7 +35,7 @@ from services.evaluator.stores._common import (
     ranked_search,
     stored_block,
 )
-from services.evaluator.stores.base import Hit, StoredVectors, point_id
+from services.evaluator.stores.base import Hit, StoredMatrix, StoredVectors, point_id
 
 API_KEY_ENV = "QDRANT_API_KEY"
 DEFAULT_UPSERT_BATCH = 256
@@ -267,6 +268,9 @@ class QdrantServerStore:
             return out
 
         return ranked_search(run, q.shape[0], k, excludes, engine_excludes=True, tie_order=tie_order)
+
+    def matrix(self, name: str, image_ids) -> StoredMatrix:
+        return matrix_by_lookup(self, name, image_ids)
 
     def count(self, name: str) -> int:
         self._dim(name)

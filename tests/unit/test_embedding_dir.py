@@ -1,0 +1,160 @@
+"""Embedding directories (embeddings.npy + items.parquet): `vsbench score` reads them memory-mapped
+with columnar ids and labels, and scores them exactly as the same vectors in NPZ files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from services.evaluator.datasets.columns import inter_columns, intra_columns
+from services.evaluator.precomputed import InputError, open_precomputed_inputs
+from services.evaluator.stores.embedding_dir import EmbeddingDirStore, write_split
+
+
+def vsbench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.evaluator.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def data(seed=0, n=400, q=60, dim=24, products=50):
+    rng = np.random.default_rng(seed)
+    gallery = rng.standard_normal((n, dim)).astype(np.float32)
+    labels = [f"p{i % products}" if i % 7 else "" for i in range(n)]  # every 7th a distractor
+    picks = rng.integers(0, n, q)
+    picks = picks[[bool(labels[i]) for i in picks]]
+    queries = gallery[picks] + 0.3 * rng.standard_normal((len(picks), dim)).astype(np.float32)
+    return (gallery, [f"g{i}" for i in range(n)], labels), (queries, [f"q{i}" for i in range(len(picks))],
+                                                             [labels[i] for i in picks])
+
+
+def score(tmp_path, name, gallery, queries=None, *extra):
+    args = ["score", "--gallery", str(gallery), "--out", str(tmp_path / f"{name}.json"), "--k", "1,5",
+            "--map-k", "10", "--dataset", "d", "--model", "m", *extra]
+    if queries is not None:
+        args += ["--queries", str(queries)]
+    done = vsbench(*args)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    lines = (tmp_path / f"{name}.queries.jsonl").read_text().splitlines()[1:]
+    return record, [json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_directory_scores_like_the_npz_of_the_same_vectors(tmp_path, dtype):
+    (g, g_ids, g_labels), (q, q_ids, q_labels) = data()
+    g = g.astype(dtype).astype(np.float32)  # the NPZ holds exactly the values the directory holds
+    np.savez(tmp_path / "g.npz", embeddings=g, ids=np.array(g_ids), labels=np.array(g_labels))
+    np.savez(tmp_path / "q.npz", embeddings=q, ids=np.array(q_ids), labels=np.array(q_labels))
+    write_split(tmp_path / "dir" / "gallery", g.astype(dtype), g_ids, g_labels)
+    write_split(tmp_path / "dir" / "queries", q, q_ids, q_labels)
+    from_npz, npz_rows = score(tmp_path, "npz", tmp_path / "g.npz", tmp_path / "q.npz")
+    from_dir, dir_rows = score(tmp_path, "dir", tmp_path / "dir" / "gallery", tmp_path / "dir" / "queries")
+    assert from_dir["metrics"] == from_npz["metrics"] and from_dir["queries"] == from_npz["queries"]
+    assert from_dir["gallery"] == from_npz["gallery"]
+    assert [(r["query_id"], r["top_ids"], r["top_scores"]) for r in dir_rows] == [
+        (r["query_id"], r["top_ids"], r["top_scores"]) for r in npz_rows]
+    assert from_dir["dataset"]["source"]["format"] == "embedding-dir"
+    assert from_dir["dataset"]["source"]["embeddings_dtype"] == dtype
+    assert from_dir["gallery"]["distractors"] == sum(1 for label in g_labels if not label)
+
+
+def test_intra_directory_and_defaults_from_the_folder_name(tmp_path):
+    (g, g_ids, g_labels), _ = data(seed=1)
+    write_split(tmp_path / "catalog" / "gallery", g, g_ids, g_labels, fingerprint="fp-1", model="m1")
+    np.savez(tmp_path / "g.npz", embeddings=g, ids=np.array(g_ids), labels=np.array(g_labels))
+    inputs = open_precomputed_inputs(tmp_path / "catalog" / "gallery", None)
+    assert inputs.dataset.name == "catalog" and inputs.client.info().fingerprint == "fp-1"
+    assert inputs.client.info().name == "m1"
+    from_npz, npz_rows = score(tmp_path, "npz", tmp_path / "g.npz")
+    from_dir, dir_rows = score(tmp_path, "dir", tmp_path / "catalog" / "gallery")
+    assert from_dir["metrics"] == from_npz["metrics"] and from_dir["queries"]["total"] == sum(map(bool, g_labels))
+    assert [r["top_ids"] for r in dir_rows] == [r["top_ids"] for r in npz_rows]
+    assert all(r["query_id"] not in r["top_ids"] for r in dir_rows)  # self-match removed
+
+
+def test_bad_directories_are_named(tmp_path):
+    (g, g_ids, g_labels), _ = data(n=20, q=0)
+    good = tmp_path / "good"
+    write_split(good, g, g_ids, g_labels)
+
+    def broken(name, edit):
+        target = tmp_path / name
+        write_split(target, g, g_ids, g_labels)
+        edit(target)
+        with pytest.raises(InputError) as caught:
+            open_precomputed_inputs(target, None)
+        return str(caught.value)
+
+    assert "lacks items.parquet" in broken("no-items", lambda d: (d / "items.parquet").unlink())
+    assert "lacks column(s) label" in broken("no-label", lambda d: pq.write_table(
+        pa.table({"id": g_ids}), d / "items.parquet"))
+    assert "mismatched lengths: 20 embeddings, 19 ids" in broken("short", lambda d: pq.write_table(
+        pa.table({"id": g_ids[:19], "label": g_labels[:19]}), d / "items.parquet"))
+    assert "duplicate id 'g0' at rows 0 and 3" in broken("dup", lambda d: pq.write_table(
+        pa.table({"id": ["g0", "g1", "g2", "g0"] + g_ids[4:], "label": g_labels}), d / "items.parquet"))
+    assert "float16 or float32" in broken("f64", lambda d: np.save(d / "embeddings.npy", g.astype(np.float64)))
+    assert "not a readable .npy" in broken("junk", lambda d: (d / "embeddings.npy").write_bytes(b"junk"))
+    # A zero row is found while searching, named by its row and id, and nothing is written.
+    zero = g.copy()
+    zero[11] = 0
+    write_split(tmp_path / "zero", zero, g_ids, g_labels)
+    done = vsbench("score", "--gallery", str(tmp_path / "zero"), "--out", str(tmp_path / "r.json"))
+    assert done.returncode != 0 and "gallery row 11 (id 'g11') is a zero vector" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
+
+
+def test_null_labels_are_distractors(tmp_path):
+    (g, g_ids, g_labels), (q, q_ids, q_labels) = data(n=30, q=10)
+    write_split(tmp_path / "g", g, g_ids, g_labels)
+    pq.write_table(pa.table({"id": g_ids, "label": [lab or None for lab in g_labels]}), tmp_path / "g" / "items.parquet")
+    write_split(tmp_path / "q", q, q_ids, q_labels)
+    inputs = open_precomputed_inputs(tmp_path / "g", tmp_path / "q")
+    assert inputs.dataset.counts()["distractors"] == sum(1 for label in g_labels if not label)
+
+
+def test_columns_cost_well_under_60_mb_per_million_items():
+    """The issue's budget: <= 60 MB of ids and labels per 1M gallery items (ILIAS-like ids)."""
+    n = 200_000
+    ids = pa.array([f"distractors/{i % 1000:03d}/{i:09d}.jpg" for i in range(n)])  # 30 characters
+    labels = pa.array([f"product_{i % 5000}" if i % 10 == 0 else "" for i in range(n)])
+    columns = intra_columns(ids, labels)
+    per_million = columns.nbytes() * (1_000_000 / n)
+    assert per_million <= 60e6, per_million
+    inter = inter_columns(ids, labels, pa.array(["q1", "q2"]), pa.array(["product_0", "nowhere"]))
+    assert inter.query_codes[1] >= 0 and inter.query_codes[1] not in set(inter.gallery_codes.tolist())
+    assert inter.query_products() == ["product_0", "nowhere"]
+
+
+def test_store_merges_rewrites_and_resumes_after_final_files(tmp_path):
+    out = tmp_path / "emb"
+    store = EmbeddingDirStore(out, dtype="float16", model="m")
+    store.ensure_collection("d__m", 4, "fp")
+    rows = np.eye(4, dtype=np.float32)
+    store.upsert("d__m", ["a", "b"], rows[:2], [{"product_id": "A", "split": "gallery", "dataset": "d"}] * 2)
+    store.upsert("d__m", ["q"], rows[2:3], [{"product_id": "A", "split": "query", "dataset": "d"}])
+    store.upsert("d__m", ["a"], rows[3:4], [{"product_id": "A2", "split": "gallery", "dataset": "d"}])  # replaces
+    store.close()
+    assert not (out / ".partial").exists()
+    items = pq.read_table(out / "gallery" / "items.parquet")
+    assert items.column("id").to_pylist() == ["b", "a"] and items.column("label").to_pylist() == ["A", "A2"]
+    assert items.schema.metadata[b"vsbench.fingerprint"] == b"fp" and items.schema.metadata[b"vsbench.model"] == b"m"
+    matrix = np.load(out / "gallery" / "embeddings.npy")
+    assert matrix.dtype == np.float16 and np.array_equal(matrix, rows[[1, 3]].astype(np.float16))
+    assert pq.read_table(out / "queries" / "items.parquet").column("id").to_pylist() == ["q"]
+    # Reopened: the final files plus new chunks merge into new final files.
+    again = EmbeddingDirStore(out, dtype="float16")
+    again.ensure_collection("d__m", 4, "fp")
+    assert again.existing_ids("d__m", ["a", "b", "c", "q"]) == {"a", "b", "q"}
+    again.upsert("d__m", ["c"], rows[:1], [{"product_id": "C", "split": "gallery"}])
+    again.close()
+    assert pq.read_table(out / "gallery" / "items.parquet").column("id").to_pylist() == ["b", "a", "c"]
+    from services.evaluator.stores._common import FingerprintMismatch
+
+    with pytest.raises(FingerprintMismatch):
+        EmbeddingDirStore(out).ensure_collection("d__m", 4, "other")
