@@ -72,11 +72,38 @@ class ModelEntry(BaseModel):
 
 
 class StoreEntry(BaseModel):
+    """`store:` of a run config. The distribution fields are a Qdrant cluster's (kind qdrant-server);
+    left out, the server's defaults apply (docs/deployment.md, "Qdrant at scale")."""
+
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["qdrant-edge", "qdrant-server", "qdrant-local", "npz"] = "qdrant-edge"
     path: Path | None = None
     url: str | None = None
+    # strict: `true` or "2" in a config is a mistake, not 1 or 2
+    shard_number: int | None = Field(None, ge=1, strict=True, description="qdrant-server: shards per collection")
+    replication_factor: int | None = Field(None, ge=1, strict=True, description="qdrant-server: copies per shard")
+    write_consistency_factor: int | None = Field(
+        None, ge=1, strict=True, description="qdrant-server: replicas that must apply a write for it to succeed"
+    )
+
+    @model_validator(mode="after")
+    def _distribution_needs_a_cluster(self) -> "StoreEntry":
+        given = [k for k in ("shard_number", "replication_factor", "write_consistency_factor")
+                 if getattr(self, k) is not None]
+        if given and self.kind != "qdrant-server":
+            raise ValueError(f"store.{given[0]} applies to kind qdrant-server only (a Qdrant server or "
+                             f"cluster), not {self.kind!r}")
+        rf, wcf = self.replication_factor, self.write_consistency_factor
+        if rf is not None and wcf is not None and wcf > rf:
+            raise ValueError(f"store.write_consistency_factor {wcf} exceeds store.replication_factor {rf}: "
+                             "no write could succeed")
+        return self
+
+    def distribution(self) -> dict[str, int]:
+        """The distribution fields given, as create_collection keywords."""
+        return {k: v for k in ("shard_number", "replication_factor", "write_consistency_factor")
+                if (v := getattr(self, k)) is not None}
 
 
 class ShardEntry(BaseModel):

@@ -26,7 +26,7 @@ def open_vector_store(spec: StoreEntry, results_dir: Path):
     from services.evaluator.stores.registry import open_store
 
     if spec.kind == "qdrant-server":
-        return open_store(spec.kind, url=spec.url)
+        return open_store(spec.kind, url=spec.url, **spec.distribution())
     path = spec.path or (results_dir.parent / DEFAULT_STORE_PATH)
     return open_store(spec.kind, path=path)
 

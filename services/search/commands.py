@@ -41,6 +41,7 @@ def run_index(
     embedder: str, collection: str, store: Path | None, qdrant_url: str | None,
     index_options: dict, threshold_from: Path | None, reembed: bool,
     embedder_tls: bool = False, embedder_auth_token_env: str | None = None,
+    distribution: dict[str, int] | None = None,
 ) -> IndexReport:
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
 
@@ -51,7 +52,7 @@ def run_index(
         token = os.environ.get(embedder_auth_token_env)
         if not token:
             raise ConfigError(f"environment variable {embedder_auth_token_env} (the embedder's token) is not set")
-    index = open_index(collection, store=store, qdrant_url=qdrant_url)
+    index = open_index(collection, store=store, qdrant_url=qdrant_url, distribution=distribution)
     try:
         params = None
         if index_options:  # flags given override the collection's parameters (or the defaults)

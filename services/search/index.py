@@ -168,20 +168,29 @@ def decide(top_score: float | None, threshold: float | None) -> bool:
 def open_index(
     collection: str, *, store: str | Path | None = None, qdrant_url: str | None = None,
     qdrant_path: str | Path | None = None, qdrant_location: str | None = None,
+    distribution: dict[str, int] | None = None,
 ) -> CatalogIndex:
     """`store`: a Qdrant Edge folder; `qdrant_url`: a Qdrant server (or qdrant-client's local mode
-    by `qdrant_path` / `qdrant_location`, which runs the same client code without a server)."""
+    by `qdrant_path` / `qdrant_location`, which runs the same client code without a server).
+    `distribution`: shard_number / replication_factor / write_consistency_factor of a Qdrant
+    server's new collection (a cluster's; refused for Qdrant Edge and local mode)."""
     given = [n for n, v in (("store", store), ("qdrant_url", qdrant_url), ("qdrant_path", qdrant_path),
                             ("qdrant_location", qdrant_location)) if v is not None]
     if len(given) != 1:
         raise CatalogIndexError(f"give exactly one of --store (Qdrant Edge) and --qdrant-url, got {given or 'none'}")
+    distribution = distribution or {}
     if store is not None:
+        if distribution:
+            flags = ", ".join("--" + key.replace("_", "-") for key in distribution)
+            raise CatalogIndexError(f"{flags}: Qdrant Edge is one process, with no shards or replicas; "
+                                    "give --qdrant-url of a Qdrant cluster")
         from services.search.edge_index import EdgeCatalogIndex
 
         return EdgeCatalogIndex(store, collection)
     from services.search.server_index import ServerCatalogIndex
 
-    return ServerCatalogIndex(collection, url=qdrant_url, path=qdrant_path, location=qdrant_location)
+    return ServerCatalogIndex(
+        collection, url=qdrant_url, path=qdrant_path, location=qdrant_location, **distribution)
 
 
 def meta_json(meta: CollectionMeta) -> str:

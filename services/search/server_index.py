@@ -7,7 +7,9 @@ then raise IndexUnavailable; the client reconnects by itself once the server is 
 
 `path=` / `location=` run qdrant-client's local mode (no server): the same client calls, used by
 the tests since no Qdrant server binary can be installed here. Local mode ignores HNSW and
-quantization (it always scans exactly); a server honours them.
+quantization (it always scans exactly); a server honours them. `shard_number` /
+`replication_factor` / `write_consistency_factor` (a Qdrant cluster's) go with create_collection;
+local mode has no cluster, so they are refused there.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ import numpy as np
 
 from services.evaluator.stores._common import check_batch, check_name
 from services.evaluator.stores.base import point_id
-from services.evaluator.stores.qdrant_server import API_KEY_ENV, FINGERPRINT_KEY
+from services.evaluator.stores.qdrant_server import (
+    API_KEY_ENV,
+    FINGERPRINT_KEY,
+    check_distribution,
+    distribution_params,
+)
 from services.search.index import (
     RESCORE_OVERSAMPLING,
     CatalogIndexError,
@@ -64,7 +71,12 @@ class ServerCatalogIndex:
         self, collection: str, *, url: str | None = None, path: str | Path | None = None,
         location: str | None = None, api_key: str | None = None, timeout: int = 30,
         retries: int = 4, backoff_s: float = 0.25, max_backoff_s: float = 4.0,
+        shard_number: int | None = None, replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
     ) -> None:
+        self._distribution = distribution_params(
+            local=url is None, error=CatalogIndexError, shard_number=shard_number,
+            replication_factor=replication_factor, write_consistency_factor=write_consistency_factor)
         from qdrant_client import QdrantClient, models
 
         self.models = models
@@ -119,11 +131,13 @@ class ServerCatalogIndex:
             return self._meta
         if not self._call("collection_exists", lambda: self.client.collection_exists(self.collection)):
             return None
-        metadata = self._call("get_collection", lambda: self.client.get_collection(self.collection)).config.metadata or {}
+        config = self._call("get_collection", lambda: self.client.get_collection(self.collection)).config
+        metadata = config.metadata or {}
         if META_KEY not in metadata:
             raise CatalogIndexError(
                 f"collection {self.collection!r} on {self._where} has no {META_KEY} metadata: not a vsbench search collection"
             )
+        check_distribution(config.params, self._distribution, self.collection, self._where, CatalogIndexError)
         self._meta = CollectionMeta.from_dict(dict(metadata[META_KEY]))
         return self._meta
 
@@ -147,6 +161,7 @@ class ServerCatalogIndex:
             quantization_config=quantization,
             optimizers_config=optimizers,
             metadata=self._metadata(meta),
+            **self._distribution,
         ))
         for key in ("product_id", "image_id"):
             self._call("create_payload_index", lambda key=key: self.client.create_payload_index(

@@ -4,6 +4,7 @@ Qdrant server binary can be installed here)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from services.evaluator.search import exact_topk
-from services.evaluator.stores._common import FingerprintMismatch
+from services.evaluator.stores._common import FingerprintMismatch, StoreError
 from services.evaluator.stores.base import point_id
 from services.evaluator.stores.embedding_dir import EmbeddingDirStore
 from services.evaluator.stores.registry import STORES, open_store
@@ -399,3 +400,78 @@ def test_npz_store_writes_the_score_format_and_resumes_from_chunks(tmp_path):
     assert str(gallery["fingerprint"]) == FP_A
     np.testing.assert_array_equal(queries["embeddings"], np.eye(4, dtype=np.float32)[2:4])
     assert not (tmp_path / "emb.partial").exists()
+
+
+# -- a Qdrant cluster's distribution parameters ------------------------------------------------
+# qdrant-client's local mode drops shard_number / replication_factor / write_consistency_factor
+# (get_collection reports None), so these tests read them off the create_collection request the
+# client sends to a loopback server (tests/fakes/qdrant_rest.py).
+DISTRIBUTION = {"shard_number": 6, "replication_factor": 2, "write_consistency_factor": 2}
+NOBODY = "http://127.0.0.1:9"  # never connected to: these are refused before the client is made
+
+
+def _server_store(url, **options):
+    from services.evaluator.stores.qdrant_server import QdrantServerStore
+
+    return QdrantServerStore(url=url, check_compatibility=False, **options)
+
+
+def test_server_store_creates_collections_with_the_distribution_asked():
+    from tests.fakes.qdrant_rest import RecordingQdrant
+
+    with RecordingQdrant() as qdrant:
+        store = _server_store(qdrant.url, **DISTRIBUTION)
+        store.ensure_collection(COLL, 8, FP_A)
+        store.ensure_collection(COLL, 8, FP_A)  # existing, same distribution: fine
+        params = store.client.get_collection(COLL).config.params
+        store.close()
+        plain = _server_store(qdrant.url)
+        plain.ensure_collection("sop__other", 8, FP_A)
+        plain.ensure_collection(COLL, 8, FP_A)  # nothing asked: an existing collection is not checked
+        plain.close()
+        other = _server_store(qdrant.url, shard_number=4)
+        with pytest.raises(StoreError, match=r"has shard_number 6, asked for 4"):
+            other.ensure_collection(COLL, 8, FP_A)
+        other.close()
+    body = qdrant.created[COLL]
+    assert {k: body.get(k) for k in DISTRIBUTION} == DISTRIBUTION
+    assert body["vectors"] == {"size": 8, "distance": "Dot"}
+    assert (params.shard_number, params.replication_factor, params.write_consistency_factor) == (6, 2, 2)
+    assert not set(DISTRIBUTION) & set(qdrant.created["sop__other"]), "left out: the server's defaults"
+    assert qdrant.unexpected == []
+
+
+def test_a_run_config_store_entry_reaches_create_collection(tmp_path):
+    from services.evaluator.config import StoreEntry
+    from services.evaluator.runner import open_vector_store
+    from tests.fakes.qdrant_rest import RecordingQdrant
+
+    with RecordingQdrant() as qdrant:
+        entry = StoreEntry(kind="qdrant-server", url=qdrant.url, shard_number=16, replication_factor=2)
+        store = open_vector_store(entry, tmp_path / "results")
+        store.ensure_collection(COLL, 4, FP_A)
+        store.close()
+        assert qdrant.version_asked.wait(10), "the run config's store keeps qdrant-client's version check"
+    body = qdrant.created[COLL]
+    assert (body["shard_number"], body["replication_factor"]) == (16, 2)
+    assert "write_consistency_factor" not in body
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "message"),
+    [
+        ("qdrant-local", {"location": ":memory:", "shard_number": 2},
+         "shard_number: qdrant-client's local mode has no shards"),
+        ("qdrant-local", {"path": "x", "replication_factor": 2}, "replication_factor: qdrant-client's local mode"),
+        ("qdrant-server", {"url": NOBODY, "shard_number": 0}, "shard_number must be an integer >= 1, got 0"),
+        ("qdrant-server", {"url": NOBODY, "replication_factor": True}, "replication_factor must be an integer"),
+        ("qdrant-server", {"url": NOBODY, "replication_factor": 2, "write_consistency_factor": 3},
+         "write_consistency_factor 3 exceeds replication_factor 2"),
+    ],
+)
+def test_distribution_is_refused_where_it_cannot_apply(kind, options, message, tmp_path):
+    """Refused before any connection or folder is made."""
+    options = {k: (tmp_path / v if k == "path" else v) for k, v in options.items()}
+    with pytest.raises(StoreError, match=re.escape(message)):
+        open_store(kind, **options)
+    assert not (tmp_path / "x").exists()

@@ -1019,6 +1019,14 @@ def test_qdrant_distributed_peers_bootstrap_through_peer_zero(tmp_path):
     budget = _named("cpu+scale", "PodDisruptionBudget", "qdrant")["spec"]
     assert budget["maxUnavailable"] < int(env["QDRANT__STORAGE__COLLECTION__REPLICATION_FACTOR"]), \
         "a drain keeps a replica of every shard up"
+    # Qdrant reads QDRANT__A__B as config key a.b (src/settings.rs); these are the keys of its
+    # config/config.yaml the component sets, checked there: a misspelt name would be ignored silently.
+    verified = {"telemetry_disabled", "cluster.enabled", "cluster.p2p.port",
+                "storage.collection.replication_factor", "storage.collection.write_consistency_factor"}
+    keys = {name.removeprefix("QDRANT__").lower().replace("__", ".") for name in env if name.startswith("QDRANT__")}
+    assert keys <= verified, keys - verified
+    assert 1 <= int(env["QDRANT__STORAGE__COLLECTION__WRITE_CONSISTENCY_FACTOR"]) <= int(
+        env["QDRANT__STORAGE__COLLECTION__REPLICATION_FACTOR"]), "more acknowledgements than replicas fail every write"
 
 
 def test_search_serves_the_collection_its_index_job_builds_with_the_same_embedder():

@@ -73,3 +73,65 @@ def test_a_dead_qdrant_server_is_unavailable_after_the_retry_budget():
             index.meta()
     finally:
         index.close()
+
+
+# -- a Qdrant cluster's distribution parameters (tests/fakes/qdrant_rest.py: local mode drops them,
+# so they are read off the create_collection request qdrant-client sends) -----------------------
+def _meta() -> CollectionMeta:
+    return CollectionMeta(fingerprint="sha256:ab", model={"name": "m"}, dim=4, params=IndexParams())
+
+
+def test_a_server_collection_is_created_with_the_distribution_asked():
+    from tests.fakes.qdrant_rest import RecordingQdrant
+
+    with RecordingQdrant() as qdrant:
+        index = open_index("catalog", qdrant_url=qdrant.url,
+                           distribution={"shard_number": 6, "replication_factor": 2, "write_consistency_factor": 1})
+        index.create(_meta())
+        index.close()
+        again = open_index("catalog", qdrant_url=qdrant.url, distribution={"shard_number": 6})
+        assert again.meta() == _meta()  # the same distribution: served as it is
+        again.close()
+        other = open_index("catalog", qdrant_url=qdrant.url, distribution={"replication_factor": 3})
+        with pytest.raises(CatalogIndexError, match="has replication_factor 2, asked for 3"):
+            other.meta()
+        other.close()
+        plain = open_index("plain", qdrant_url=qdrant.url)
+        plain.create(_meta())
+        plain.close()
+    body = qdrant.created["catalog"]
+    assert (body["shard_number"], body["replication_factor"], body["write_consistency_factor"]) == (6, 2, 1)
+    assert body["hnsw_config"]["m"] == 16, "the index parameters travel in the same request"
+    assert not {"shard_number", "replication_factor", "write_consistency_factor"} & set(qdrant.created["plain"])
+    assert qdrant.unexpected == []
+
+
+def test_distribution_is_refused_without_a_cluster(tmp_path):
+    with pytest.raises(CatalogIndexError, match="--shard-number, --replication-factor: Qdrant Edge is one process"):
+        open_index("c", store=tmp_path / "edge", distribution={"shard_number": 4, "replication_factor": 2})
+    with pytest.raises(CatalogIndexError, match="shard_number: qdrant-client's local mode has no shards"):
+        open_index("c", qdrant_location=":memory:", distribution={"shard_number": 4})
+    with pytest.raises(CatalogIndexError, match="write_consistency_factor 3 exceeds replication_factor 2"):
+        open_index("c", qdrant_url="http://127.0.0.1:9", distribution={"replication_factor": 2, "write_consistency_factor": 3})
+    assert not (tmp_path / "edge").exists()
+
+
+def test_index_flags_reach_the_index(tmp_path):
+    """`vsbench index --shard-number` on Qdrant Edge: refused in one line, naming the flag, before
+    any embedder is called (none listens at the address given)."""
+    import subprocess
+    import sys
+
+    manifest = tmp_path / "catalog.csv"
+    manifest.write_text("image_id,location,product_id,split\na,a.jpg,p,gallery\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "services.evaluator.cli", "index", "--collection", "c", "--catalog", str(manifest),
+         "--embedder", "127.0.0.1:9", "--store", str(tmp_path / "edge"), "--shard-number", "4"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --shard-number: Qdrant Edge is one process"), done.stderr
+    zero = subprocess.run(
+        [sys.executable, "-m", "services.evaluator.cli", "index", "--collection", "c", "--catalog", str(manifest),
+         "--embedder", "127.0.0.1:9", "--qdrant-url", "http://127.0.0.1:9", "--replication-factor", "0"],
+        capture_output=True, text=True, timeout=120)
+    assert zero.returncode == 2 and "--replication-factor" in zero.stderr

@@ -33,6 +33,14 @@ def index_command(
         help="build the HNSW graph for segments above this size (default Qdrant's 10000; 0 never builds it)"),
     full_scan_threshold_kb: Optional[int] = typer.Option(
         None, "--full-scan-threshold-kb", min=1, help="searches over fewer vectors than this scan exactly (10000)"),
+    shard_number: Optional[int] = typer.Option(
+        None, "--shard-number", min=1,
+        help="Qdrant cluster: shards of a new collection (server default: one per peer)"),
+    replication_factor: Optional[int] = typer.Option(
+        None, "--replication-factor", min=1, help="Qdrant cluster: copies of each shard (server default)"),
+    write_consistency_factor: Optional[int] = typer.Option(
+        None, "--write-consistency-factor", min=1,
+        help="Qdrant cluster: replicas that must apply a write (server default)"),
     threshold_from: Optional[Path] = typer.Option(
         None, "--threshold-from", exists=True, dir_okay=False, help="run record whose open-set threshold to serve"),
     reembed: bool = typer.Option(False, "--reembed", help="rebuild a collection of another model fingerprint"),
@@ -50,10 +58,13 @@ def index_command(
     given = {"m": m, "ef_construct": ef_construct, "quantization": quantization,
              "indexing_threshold_kb": indexing_threshold_kb, "full_scan_threshold_kb": full_scan_threshold_kb}
     given = {key: value for key, value in given.items() if value is not None}
+    distribution = {"shard_number": shard_number, "replication_factor": replication_factor,
+                     "write_consistency_factor": write_consistency_factor}
     report = run_index(
         catalog=catalog, dataset_format=dataset_format, dataset_path=dataset_path, options=option, embedder=embedder,
         collection=collection, store=store, qdrant_url=qdrant_url, index_options=given, threshold_from=threshold_from,
         reembed=reembed, embedder_tls=embedder_tls, embedder_auth_token_env=embedder_auth_token_env,
+        distribution={key: value for key, value in distribution.items() if value is not None},
     )
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")

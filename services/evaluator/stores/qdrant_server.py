@@ -11,6 +11,11 @@ self-match. Equal scores are ranked deterministically (see _common.ranked_search
 
 The API key comes from the QDRANT_API_KEY environment variable when none is passed; it is never
 logged or shown in repr().
+
+Distributed Qdrant: `shard_number`, `replication_factor` and `write_consistency_factor` are sent with
+create_collection when given (None: the server's default, docs/deployment.md "Qdrant at scale").
+Local mode keeps no shards or replicas (its get_collection reports None for all three), so they are
+refused there rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -43,6 +48,54 @@ _RETRIEVE_BATCH = 1024
 _QUERY_BATCH = 64
 # Collection metadata key holding the model fingerprint of the stored vectors.
 FINGERPRINT_KEY = "vsbench_fingerprint"
+# Qdrant's per-collection distribution parameters (create_collection keywords of qdrant-client).
+DISTRIBUTION_FIELDS = ("shard_number", "replication_factor", "write_consistency_factor")
+
+
+def distribution_params(
+    *,
+    local: bool,
+    error: type[Exception] = StoreError,
+    shard_number: int | None = None,
+    replication_factor: int | None = None,
+    write_consistency_factor: int | None = None,
+) -> dict[str, int]:
+    """The distribution parameters given (None left out), checked: integers >= 1, a server only
+    (local mode has no cluster), and no more write acknowledgements than replicas (every write
+    would fail)."""
+    given = {
+        "shard_number": shard_number,
+        "replication_factor": replication_factor,
+        "write_consistency_factor": write_consistency_factor,
+    }
+    asked = {k: v for k, v in given.items() if v is not None}
+    for key, value in asked.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise error(f"{key} must be an integer >= 1, got {value!r}")
+    if asked and local:
+        raise error(
+            f"{', '.join(asked)}: qdrant-client's local mode has no shards or replicas; "
+            "give the url of a Qdrant server (cluster)"
+        )
+    wcf, rf = asked.get("write_consistency_factor"), asked.get("replication_factor")
+    if wcf is not None and rf is not None and wcf > rf:
+        raise error(f"write_consistency_factor {wcf} exceeds replication_factor {rf}: no write could succeed")
+    return asked
+
+
+def check_distribution(
+    params, asked: Mapping[str, int], name: str, where: str, error: type[Exception] = StoreError
+) -> None:
+    """An existing collection must have the distribution asked for: vsbench sets it only when it
+    creates a collection (shard_number cannot change afterwards), so a mismatch is refused rather
+    than ignored."""
+    for key, value in asked.items():
+        have = getattr(params, key, None)
+        if have is not None and int(have) != value:
+            raise error(
+                f"collection {name!r} on {where} has {key} {have}, asked for {value} "
+                "(set when a collection is created: ask for what it has, or drop the collection)"
+            )
 
 
 class QdrantServerStore:
@@ -57,12 +110,21 @@ class QdrantServerStore:
         prefer_grpc: bool = False,
         check_compatibility: bool = True,
         upsert_batch: int = DEFAULT_UPSERT_BATCH,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
     ) -> None:
         given = [n for n, v in (("url", url), ("location", location), ("path", path)) if v is not None]
         if len(given) != 1:
             raise StoreError(
                 f"QdrantServerStore needs exactly one of url, location, path; got {given or 'none'}"
             )
+        self._distribution = distribution_params(
+            local=url is None,
+            shard_number=shard_number,
+            replication_factor=replication_factor,
+            write_consistency_factor=write_consistency_factor,
+        )
         from qdrant_client import QdrantClient, models  # lazy: heavy, and only this store needs it
 
         self.models = models
@@ -145,6 +207,7 @@ class QdrantServerStore:
             )
         if stored is not None:
             check_fingerprint(name, self.collection_fingerprint(name), fingerprint)
+            self._check_distribution(name)
         if stored is None:
             m = self.models
             try:
@@ -152,6 +215,7 @@ class QdrantServerStore:
                     name,
                     vectors_config=m.VectorParams(size=dim, distance=m.Distance.DOT),
                     metadata={FINGERPRINT_KEY: fingerprint},
+                    **self._distribution,
                 )
             except Exception:
                 # Sharded embed pods race to create the same collection: losing the race is fine
@@ -159,11 +223,17 @@ class QdrantServerStore:
                 if self._collection_dim(name) != dim:
                     raise
                 check_fingerprint(name, self.collection_fingerprint(name), fingerprint)
+                self._check_distribution(name)
             with self._quiet_local():
                 self.client.create_payload_index(
                     name, "split", field_schema=m.PayloadSchemaType.KEYWORD, wait=True
                 )
         self._dims[name] = dim
+
+    def _check_distribution(self, name: str) -> None:
+        if self._distribution:
+            params = self.client.get_collection(name).config.params
+            check_distribution(params, self._distribution, name, self._where)
 
     def _dim(self, name: str) -> int:
         if name not in self._dims:
