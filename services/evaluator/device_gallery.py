@@ -49,7 +49,8 @@ class DeviceGallery:
         import torch
 
         if torch.device(device).type == "cpu" and dtype != "float16":
-            raise ConfigError(f"a {dtype} gallery on the CPU is already resident: pass the array to exact_topk")
+            raise ConfigError(f"a {dtype} gallery on the CPU is already resident: pass the array to "
+                              "exact_topk")
         scorer = _scorer("torch", device, dtype)
         self.device, self.dtype, self.normalized = device, dtype, normalize
         self.blocks: list = []

@@ -137,9 +137,11 @@ def search_shard(
     """Top-k of every query within this shard's gallery slice, as the arrays of a shard file."""
     exclude = _checked(queries, gallery, k, exclude)
     start, stop = shard.bounds(gallery.shape[0])
-    scores, indices = _shard_topk(
-        queries, start, stop, k, exclude,
-        lambda local_exclude: exact_topk(queries, gallery[start:stop], k, exclude=local_exclude, engine=engine))
+
+    def search(local_exclude):
+        return exact_topk(queries, gallery[start:stop], k, exclude=local_exclude, engine=engine)
+
+    scores, indices = _shard_topk(queries, start, stop, k, exclude, search)
     return {
         "format": np.array(SHARD_FORMAT),
         "indices": indices,
@@ -293,8 +295,12 @@ class DeviceShards:
 
         self.devices, self.rows, self.dim = list(devices), gallery.shape[0], gallery.shape[1]
         self.bounds = [Shard(i, len(self.devices)).bounds(self.rows) for i in range(len(self.devices))]
-        self.shards = _on_devices(self.devices, lambda i: DeviceGallery(
-            gallery[self.bounds[i][0] : self.bounds[i][1]], self.devices[i], dtype=dtype, normalize=normalize))
+
+        def upload(i: int) -> DeviceGallery:
+            start, stop = self.bounds[i]
+            return DeviceGallery(gallery[start:stop], self.devices[i], dtype=dtype, normalize=normalize)
+
+        self.shards = _on_devices(self.devices, upload)
 
     def search(self, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
                tile_bytes: int = DEFAULT_TILE_BYTES) -> TopK:
@@ -303,8 +309,9 @@ class DeviceShards:
 
         def one(i: int):
             start, stop = self.bounds[i]
+            shard = self.shards[i]
             return _shard_topk(queries, start, stop, k, exclude,
-                               lambda local: self.shards[i].search(queries, k, exclude=local, tile_bytes=tile_bytes))
+                               lambda local: shard.search(queries, k, exclude=local, tile_bytes=tile_bytes))
 
         return merge_topk(_on_devices(self.devices, one), k)
 
