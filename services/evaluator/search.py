@@ -252,28 +252,68 @@ class _CpuScorer:
 
 
 class _CudaScorer:
-    """GEMM and top-k on the GPU; a row whose k-th and (k+1)-th scores tie is ranked again on the
-    host, since torch.topk does not promise which of equal scores it keeps at the cut-off."""
+    """GEMM and top-k on the device; a row whose k-th and (k+1)-th scores tie is ranked again on
+    the host, since torch.topk does not promise which of equal scores it keeps at the cut-off.
 
-    def __init__(self, device: str) -> None:
+    dtype "float16" keeps gallery blocks (and queries) in float16 on the device: half the memory
+    and transfer, and tensor-core GEMMs that accumulate and return float32 (`torch.mm(...,
+    out_dtype=float32)`; where torch lacks that, the tile is widened to float32 first, the same
+    numbers more slowly: a product of two float16 values is exact in float32). The ranking is then
+    exact for the float16 vectors (ILIAS stores float16), which differ from float32 ones by the
+    rounding of each component (relative 2**-11), so scores can differ from a float32 search in
+    the 4th decimal and near-equal neighbours can swap; the tie rule holds as for float32. float16
+    also runs on the CPU (the widened GEMM), so the same code is tested without a GPU.
+
+    Blocks that are already torch tensors (a DeviceGallery's, prepared once) are used as they are.
+    """
+
+    DTYPES = ("float32", "float16")
+
+    def __init__(self, device: str, dtype: str = "float32") -> None:
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
+        self.dtype = torch.float16 if dtype == "float16" else torch.float32
+        # cuBLAS fp16 GEMM with float32 output; the CPU build has no kernel for it
+        self.mixed_gemm = self.dtype == torch.float16 and self.device.type == "cuda" and self._has_mixed_gemm()
+
+    def _has_mixed_gemm(self) -> bool:
+        t = self.torch
+        probe = t.ones((2, 2), dtype=t.float16, device=self.device)
+        try:
+            return t.mm(probe, probe, out_dtype=t.float32).dtype == t.float32
+        except (TypeError, RuntimeError, NotImplementedError):  # torch before out_dtype existed
+            return False
 
     def close(self) -> None:
         pass
 
     def queries(self, q: np.ndarray):
-        return self.torch.from_numpy(np.array(q, dtype=np.float32, copy=True)).to(self.device)
+        host = np.array(q, dtype=np.float32, copy=True)
+        return self.torch.from_numpy(host).to(self.device).to(self.dtype)
 
-    def gallery(self, block: np.ndarray, offset: int, normalize: bool):
+    def gallery(self, block, offset: int, normalize: bool):
+        t = self.torch
+        if isinstance(block, t.Tensor):  # prepared already (DeviceGallery)
+            return block.to(self.device, self.dtype)
+        if self.dtype == t.float16 and block.dtype == np.float16 and not normalize:
+            return t.from_numpy(np.array(block, copy=True)).to(self.device)  # ILIAS's own bits, no round trip
         host = _prepared(block, np.empty(block.shape, dtype=np.float32), offset, normalize)
-        return self.torch.from_numpy(host).to(self.device)
+        # cast on the device: the host cast to float16 costs more than the doubled transfer saves
+        return t.from_numpy(host).to(self.device).to(self.dtype)
+
+    def _scores(self, q, g):
+        t = self.torch
+        if self.dtype == t.float32:
+            return q @ g.T
+        if self.mixed_gemm:
+            return t.mm(q, g.T, out_dtype=t.float32)
+        return q.float() @ g.float().T
 
     def tile_keys(self, q, g, k: int, offset: int, exclude, floor) -> np.ndarray:
         torch = self.torch
-        scores = q @ g.T
+        scores = self._scores(q, g)
         if exclude is not None:
             rows = np.flatnonzero((exclude >= offset) & (exclude < offset + g.shape[0]))
             if rows.size:
@@ -290,16 +330,27 @@ class _CudaScorer:
                 full = scores[row].cpu().numpy()
                 row_keys = topk_keys.encode(full, np.arange(offset, offset + n))
                 keys[row] = np.sort(row_keys)[:k]
-        return keys
+        # fewer rows than k (a gallery smaller than k): empty slots, as the CPU scorer gives
+        return topk_keys.smallest(keys, k, ordered=True) if keys.shape[1] < k else keys
 
 
-def _scorer(engine: str, device: str | None):
+def _scorer(engine: str, device: str | None, device_dtype: str = "float32"):
+    """float32: the GPU scorer on a GPU, else the CPU one. float16 always takes the device scorer
+    (on the CPU too), and needs the torch engine."""
+    if device_dtype not in _CudaScorer.DTYPES:
+        from services.common.errors import ConfigError
+
+        raise ConfigError(f"device_dtype must be one of {', '.join(_CudaScorer.DTYPES)}, got {device_dtype!r}")
+    if device_dtype == "float16" and engine != "torch":
+        from services.common.errors import ConfigError
+
+        raise ConfigError(f"a float16 gallery needs the torch engine (engine resolved to {engine!r})")
     if engine == "torch":
         import torch
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if torch.device(device).type != "cpu":
-            return _CudaScorer(device)
+        if torch.device(device).type != "cpu" or device_dtype == "float16":
+            return _CudaScorer(device, device_dtype)
     return _CpuScorer(engine)
 
 
@@ -315,6 +366,7 @@ def exact_topk(
     tile_bytes: int = DEFAULT_TILE_BYTES,
     query_block: int = DEFAULT_QUERY_BLOCK,
     progress=None,
+    device_dtype: str = "float32",
 ) -> TopK:
     """Exact top-k gallery positions for each query row, ranked by the tie rule.
 
@@ -324,6 +376,8 @@ def exact_topk(
     normalize: L2-normalise queries and each gallery block on the fly (inputs from outside, or
     vectors read back from a store); a gallery row that cannot be raises UnusableGalleryRow.
     progress: optional callable(n_gallery_rows_done) for progress bars.
+    device_dtype: "float16" scores the gallery in float16 with the torch engine (see _CudaScorer:
+    exact for the float16 vectors, not for float32 ones).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -337,7 +391,7 @@ def exact_topk(
             raise ValueError("exclude needs one gallery position (or -1) per query")
     if isinstance(gallery, np.ndarray) and gallery.ndim == 2 and gallery.shape[1] != dim:
         raise ValueError(f"query dim {dim} != gallery dim {gallery.shape[1]}")
-    scorer = _scorer(resolve_engine(engine), device)
+    scorer = _scorer(resolve_engine(engine), device, device_dtype)
     q_rows = max(1, min(query_block, n_q))
     # The gallery block is bounded too: its copies (dtype cast, normalize, device) would otherwise
     # grow as the query count shrinks (2.7 GB at 100 queries x 1024-d).

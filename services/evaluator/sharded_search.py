@@ -9,12 +9,18 @@ self-match exclusion (a query's own gallery position) is applied by the shard ho
 
 Each shard file records what it was computed from (query checksum, gallery shape, k, the exclusion's
 checksum), and the merge refuses files that disagree, miss a shard or repeat one.
+
+Within one process the same split serves several GPUs: `search_devices` streams shard i to
+devices[i], `DeviceShards` keeps each shard resident (float16 by default), one thread and stream
+per device, merged by the same rule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +29,7 @@ import numpy as np
 
 from services.common.errors import VsbenchError
 from services.evaluator import topk_keys
-from services.evaluator.search import Engine, TopK, exact_topk
+from services.evaluator.search import DEFAULT_TILE_BYTES, Engine, TopK, exact_topk
 
 SHARD_FORMAT = "vsbench-search-shard/1"
 TOPK_FORMAT = "vsbench-topk/1"
@@ -83,6 +89,42 @@ def _checksum(array: np.ndarray | None) -> str:
     return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+def _checked(queries: np.ndarray, gallery, k: int, exclude: np.ndarray | None) -> np.ndarray | None:
+    """The checks every sharded search makes first; returns exclude as int64."""
+    if k < 1:
+        raise ShardError(f"k must be >= 1, got {k}")
+    if queries.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ShardError(f"query dim {queries.shape[-1]} != gallery dim {gallery.shape[1]}")
+    if gallery.shape[0] > topk_keys.MAX_POSITION + 1:
+        raise ShardError(f"gallery longer than {topk_keys.MAX_POSITION + 1:,} rows")
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=np.int64)
+        if exclude.shape != (queries.shape[0],):
+            raise ShardError(f"exclude needs one gallery position (or -1) per query: {exclude.shape} for {queries.shape[0]} queries")
+    return exclude
+
+
+def _shard_topk(queries, start: int, stop: int, k: int, exclude, search) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, global positions) of one shard's top-k: `search(local_exclude)` scores the rows
+    [start, stop); the shard holding a query's own row applies its exclusion."""
+    if stop <= start:  # more shards than gallery rows: an empty shard still answers, with empty slots
+        return (np.full((queries.shape[0], k), -np.inf, dtype=np.float32),
+                np.full((queries.shape[0], k), -1, dtype=np.int64))
+    local_exclude = None
+    if exclude is not None:
+        local_exclude = np.where((exclude >= start) & (exclude < stop), exclude - start, -1)
+    top = search(local_exclude)
+    return top.scores, np.where(top.indices >= 0, top.indices + start, -1)
+
+
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> TopK:
+    """The top-k of the union of per-shard (scores, global positions) lists, by the tie rule."""
+    keys = np.concatenate([topk_keys.encode(scores, indices) for scores, indices in parts], axis=1)
+    scores, indices = topk_keys.decode(topk_keys.smallest(keys, k, ordered=True))
+    indices[np.isneginf(scores)] = -1
+    return TopK(indices=indices, scores=scores)
+
+
 def search_shard(
     queries: np.ndarray,
     gallery: np.ndarray,
@@ -93,28 +135,13 @@ def search_shard(
     engine: Engine = "auto",
 ) -> dict[str, np.ndarray]:
     """Top-k of every query within this shard's gallery slice, as the arrays of a shard file."""
-    if k < 1:
-        raise ShardError(f"k must be >= 1, got {k}")
-    if queries.shape[1] != gallery.shape[1]:
-        raise ShardError(f"query dim {queries.shape[1]} != gallery dim {gallery.shape[1]}")
-    if gallery.shape[0] > topk_keys.MAX_POSITION + 1:
-        raise ShardError(f"gallery longer than {topk_keys.MAX_POSITION + 1:,} rows")
-    if exclude is not None:
-        exclude = np.asarray(exclude, dtype=np.int64)
-        if exclude.shape != (queries.shape[0],):
-            raise ShardError(f"exclude needs one gallery position (or -1) per query: {exclude.shape} for {queries.shape[0]} queries")
+    exclude = _checked(queries, gallery, k, exclude)
     start, stop = shard.bounds(gallery.shape[0])
-    local_exclude = None
-    if exclude is not None:
-        inside = (exclude >= start) & (exclude < stop)
-        local_exclude = np.where(inside, exclude - start, -1)
-    if stop > start:
-        top = exact_topk(queries, gallery[start:stop], k, exclude=local_exclude, engine=engine)
-        indices = np.where(top.indices >= 0, top.indices + start, -1)
-        scores = top.scores
-    else:  # more shards than gallery rows: an empty shard still answers, with empty slots
-        indices = np.full((queries.shape[0], k), -1, dtype=np.int64)
-        scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
+
+    def search(local_exclude):
+        return exact_topk(queries, gallery[start:stop], k, exclude=local_exclude, engine=engine)
+
+    scores, indices = _shard_topk(queries, start, stop, k, exclude, search)
     return {
         "format": np.array(SHARD_FORMAT),
         "indices": indices,
@@ -187,12 +214,111 @@ def merge_shards(paths: Sequence[Path]) -> TopK:
     missing = sorted(set(range(count)) - set(seen))
     if missing:
         raise ShardError(f"shards missing from the merge: {', '.join(f'{i}/{count}' for i in missing)}")
-    k = int(first["k"])
-    keys = np.concatenate([topk_keys.encode(part["scores"], part["indices"]) for _, part in parts], axis=1)
-    scores, indices = topk_keys.decode(topk_keys.smallest(keys, k, ordered=True))
-    indices[np.isneginf(scores)] = -1
-    return TopK(indices=indices, scores=scores)
+    return merge_topk([(part["scores"], part["indices"]) for _, part in parts], int(first["k"]))
 
 
 def topk_arrays(top: TopK) -> dict[str, np.ndarray]:
     return {"format": np.array(TOPK_FORMAT), "indices": top.indices, "scores": top.scores}
+
+
+# --- several devices in one process -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _device_stream(device: str):
+    """On a CUDA device: that device current, and a stream of its own that first waits for the
+    device's default stream (where a DeviceGallery's upload ran), so shards overlap."""
+    import torch
+
+    place = torch.device(device)
+    if place.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(place):
+        stream = torch.cuda.Stream(place)
+        stream.wait_stream(torch.cuda.current_stream(place))
+        with torch.cuda.stream(stream):
+            yield
+        stream.synchronize()
+
+
+def _on_devices(devices: Sequence[str], fn) -> list:
+    """fn(i) for each device index, one thread per device (torch and numpy release the GIL in the
+    work that costs), results in device order; the first failure is raised."""
+    if not devices:
+        raise ShardError("no devices to search on")
+
+    def run(i: int):
+        with _device_stream(devices[i]):
+            return fn(i)
+
+    with ThreadPoolExecutor(len(devices), thread_name_prefix="device-shard") as pool:
+        return list(pool.map(run, range(len(devices))))
+
+
+def search_devices(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    k: int,
+    devices: Sequence[str],
+    *,
+    exclude: np.ndarray | None = None,
+    normalize: bool = False,
+    device_dtype: str = "float32",
+    engine: Engine = "torch",
+    tile_bytes: int = DEFAULT_TILE_BYTES,
+) -> TopK:
+    """exact_topk over a gallery split into len(devices) contiguous shards (Shard(i, N).bounds),
+    shard i streamed to devices[i] in its own thread, merged by the tie rule: the same ids and
+    scores as one exact_topk over the whole gallery at the same device_dtype. A device may repeat
+    (["cpu", "cpu"] runs this path without a GPU)."""
+    exclude = _checked(queries, gallery, k, exclude)
+    count = len(devices)
+
+    def one(i: int):
+        start, stop = Shard(i, count).bounds(gallery.shape[0])
+        return _shard_topk(queries, start, stop, k, exclude, lambda local: exact_topk(
+            queries, gallery[start:stop], k, exclude=local, engine=engine, device=devices[i],
+            normalize=normalize, device_dtype=device_dtype, tile_bytes=tile_bytes))
+
+    return merge_topk(_on_devices(devices, one), k)
+
+
+class DeviceShards:
+    """A gallery resident on several devices, one contiguous shard (a DeviceGallery) on each,
+    uploaded and searched in parallel; `search` gives what one DeviceGallery of the whole gallery
+    gives (up to the GEMM's summation order on each device, see bench/gpu_check.py)."""
+
+    def __init__(self, gallery: np.ndarray, devices: Sequence[str], *, dtype: str = "float16",
+                 normalize: bool = False) -> None:
+        from services.evaluator.device_gallery import DeviceGallery
+
+        self.devices, self.rows, self.dim = list(devices), gallery.shape[0], gallery.shape[1]
+        self.bounds = [Shard(i, len(self.devices)).bounds(self.rows) for i in range(len(self.devices))]
+
+        def upload(i: int) -> DeviceGallery:
+            start, stop = self.bounds[i]
+            return DeviceGallery(gallery[start:stop], self.devices[i], dtype=dtype, normalize=normalize)
+
+        self.shards = _on_devices(self.devices, upload)
+
+    def search(self, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
+               tile_bytes: int = DEFAULT_TILE_BYTES) -> TopK:
+        queries = np.asarray(queries, dtype=np.float32)
+        exclude = _checked(queries, self, k, exclude)
+
+        def one(i: int):
+            start, stop = self.bounds[i]
+            shard = self.shards[i]
+            return _shard_topk(queries, start, stop, k, exclude,
+                               lambda local: shard.search(queries, k, exclude=local, tile_bytes=tile_bytes))
+
+        return merge_topk(_on_devices(self.devices, one), k)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.dim
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
