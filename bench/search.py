@@ -7,11 +7,18 @@ search can score every pair faster than that, so the ratio says how close each m
     PYTHONPATH=/tmp/faiss python bench/search.py # + faiss IndexFlatIP (pip install --target /tmp/faiss faiss-cpu)
     python bench/search.py --gallery 20000 --dim 256 --queries 200 --k 10
     python bench/search.py --rss-gallery 1000000 # + peak memory of exact_topk over a 4 GB memmap
+    python bench/search.py --only-e2e            # just `vsbench score` end to end (60k x 1024, 2,000 queries)
 
 Methods: services.evaluator.search.exact_topk with engine numpy, torch and auto (the calibrated
 choice), exact_topk over an np.memmap gallery file, Qdrant Edge exact search through
 QdrantEdgeStore (SearchParams(exact=True); slow, --skip-qdrant) and faiss IndexFlatIP when faiss is
 importable (not a project dependency). Data: random L2-normalised float32 rows.
+
+End to end (`--skip-e2e` leaves it out): the `vsbench score` command, process start, imports,
+loading, checks, search, metrics and writing the record included, on a 60k x 1024 gallery and 2,000
+queries, once from embedding directories and once from NPZ files; its wall time against one bare
+GEMM of the same product (the faster of numpy's and torch's, warm, into a preallocated output) timed
+just before it in the same round. A 100-row gallery shows the fixed cost (start, imports, writing).
 
 Every round runs every method once, interleaved, so load from elsewhere on a shared machine hits
 baselines and methods alike; each method's ratio to the faster GEMM *of the same round* is taken
@@ -83,7 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         "--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where gallery files go"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here too")
+    parser.add_argument("--skip-e2e", action="store_true", help="leave out `vsbench score` end to end")
+    parser.add_argument("--only-e2e", action="store_true", help="only `vsbench score` end to end")
+    parser.add_argument("--e2e-queries", type=int, default=2000)
+    parser.add_argument("--e2e-repeat", type=int, default=7)
     args = parser.parse_args(argv)
+    if args.only_e2e:
+        e2e = bench_e2e(args)
+        if args.json:
+            args.json.write_text(json.dumps({"args": {a: str(v) for a, v in vars(args).items()}, "e2e": e2e}, indent=2))
+        return 0
 
     import torch
 
@@ -145,9 +161,105 @@ def main(argv: list[str] | None = None) -> int:
     tmp_dir.cleanup()
 
     rss = measure_rss(args) if args.rss_gallery else None
+    e2e = None if args.skip_e2e else bench_e2e(args)
     if args.json:
-        args.json.write_text(json.dumps({"args": {a: str(v) for a, v in vars(args).items()}, **report, "rss": rss}, indent=2))
+        args.json.write_text(json.dumps(
+            {"args": {a: str(v) for a, v in vars(args).items()}, **report, "rss": rss, "e2e": e2e}, indent=2
+        ))
     return 0
+
+
+E2E_GOAL = 0.8
+
+
+def _vsbench_command() -> list[str]:
+    """The console script users run (beside this interpreter), else the module."""
+    script = Path(sys.executable).with_name("vsbench")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "services.evaluator.cli"]
+
+
+def bench_e2e(args) -> dict:
+    """`vsbench score` as a user runs it vs one bare GEMM of the same product, paired per round."""
+    import torch
+
+    from services.evaluator.stores.embedding_dir import write_split
+
+    rng = np.random.default_rng(1)
+    n, dim, n_q = args.gallery, args.dim, args.e2e_queries
+    gallery = unit_rows(rng, n, dim)
+    labels = [f"p{i // 3}" for i in range(n)]  # products of three images
+    picks = rng.integers(0, n, n_q)
+    queries = gallery[picks] + rng.standard_normal((n_q, dim), dtype=np.float32) * np.float32(0.5 / np.sqrt(dim))
+    q_ids, q_labels = [f"q{i}" for i in range(n_q)], [labels[i] for i in picks]
+    g_ids = [f"g{i:07d}" for i in range(n)]
+    work = tempfile.TemporaryDirectory(dir=args.tmp)
+    root = Path(work.name)
+    write_split(root / "dir" / "gallery", gallery, g_ids, labels)
+    write_split(root / "dir" / "queries", queries, q_ids, q_labels)
+    np.savez(root / "gallery.npz", embeddings=gallery, ids=np.array(g_ids), labels=np.array(labels))
+    np.savez(root / "queries.npz", embeddings=queries, ids=np.array(q_ids), labels=np.array(q_labels))
+    write_split(root / "tiny" / "gallery", gallery[:100], g_ids[:100], labels[:100])
+    write_split(root / "tiny" / "queries", queries[:50], q_ids[:50], q_labels[:50])
+    inputs = {
+        "embedding directories": (root / "dir" / "gallery", root / "dir" / "queries"),
+        "NPZ files": (root / "gallery.npz", root / "queries.npz"),
+        "fixed cost (100-row gallery, 50 queries)": (root / "tiny" / "gallery", root / "tiny" / "queries"),
+    }
+    q = np.ascontiguousarray(queries)
+    out = np.empty((n_q, n), dtype=np.float32)
+    tq, tg, tout = torch.from_numpy(q), torch.from_numpy(gallery), torch.from_numpy(out)
+    gemms = {"numpy": lambda: np.matmul(q, gallery.T, out=out), "torch": lambda: torch.matmul(tq, tg.T, out=tout)}
+    for run in gemms.values():
+        run()  # warm: thread pools, the output's pages
+    command = _vsbench_command()
+    seconds: dict[str, list[float]] = {name: [] for name in inputs}
+    gemm_s: dict[str, list[float]] = {name: [] for name in inputs}
+    timings: dict[str, dict] = {}
+    counter = 0
+    for _ in range(args.e2e_repeat):
+        for name, (g_path, q_path) in inputs.items():
+            best = float("inf")
+            for run in gemms.values():
+                start = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - start)
+            counter += 1
+            record = root / f"run{counter}.json"
+            # torch's OpenMP threads spin ~0.2 s after a parallel region: let them settle so the
+            # child gets both cores, as it would on a machine not running this bench.
+            time.sleep(0.5)
+            start = time.perf_counter()
+            done = subprocess.run(
+                [*command, "score", "--gallery", str(g_path), "--queries", str(q_path), "--out", str(record)],
+                capture_output=True, text=True,
+            )
+            elapsed = time.perf_counter() - start
+            if done.returncode != 0:
+                raise SystemExit(f"vsbench score failed: {done.stderr}")
+            seconds[name].append(elapsed)
+            gemm_s[name].append(best)
+            timings[name] = json.loads(record.read_text())["timings"]
+    work.cleanup()
+    print(f"`vsbench score` end to end: gallery {n:,} x {dim}, {n_q:,} queries, K 1,5 / mAP@20, "
+          f"median of {args.e2e_repeat} paired rounds ({' '.join(command[-1:])})")
+    print(f"{'input':44s} {'vsbench s':>10s} {'bare GEMM s':>12s} {'GEMM / vsbench':>15s}  record's search_s / score_total_s")
+    result = {}
+    for name in inputs:
+        ratios = [g / s for g, s in zip(gemm_s[name], seconds[name])]
+        result[name] = {
+            "vsbench_s": round(statistics.median(seconds[name]), 3),
+            "gemm_s": round(statistics.median(gemm_s[name]), 3),
+            "ratio": round(statistics.median(ratios), 3),
+            "ratios": [round(r, 3) for r in ratios],
+            "record_timings": timings[name],
+        }
+        t = timings[name]
+        print(f"{name:44s} {result[name]['vsbench_s']:10.3f} {result[name]['gemm_s']:12.3f} "
+              f"{result[name]['ratio']:15.2f}  {t.get('search_s')} / {t.get('score_total_s')}")
+    best = result["embedding directories"]["ratio"]
+    print(f"goal: one bare GEMM's time / vsbench's time >= {E2E_GOAL}: {'met' if best >= E2E_GOAL else 'MISSED'} "
+          f"({best:.2f}, embedding directories)\n")
+    return result
 
 
 def run_rounds(methods: dict, n_q: int, repeat: int) -> list[dict]:

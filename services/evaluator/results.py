@@ -32,6 +32,10 @@ QUERY_SCHEMA = "vsbench.queries/v1"
 OLD_SCHEMAS = ("vsbench.result/v1", "vsbench.score/v1")
 
 
+class ResultExistsError(VsbenchError, FileExistsError):
+    """A run's record or per-query file is already on disk: results are never overwritten."""
+
+
 class ResultFormatError(VsbenchError, ValueError):
     """A JSON file that is not a readable run record of this version; the message is one line."""
 
@@ -177,7 +181,8 @@ def write_run(
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     queries_path = summary_path.with_name(summary_path.name.removesuffix(".json") + ".queries.jsonl")
     if summary_path.exists() or queries_path.exists():
-        raise FileExistsError(f"result {summary_path} already exists; results are never overwritten")
+        clash = summary_path if summary_path.exists() else queries_path
+        raise ResultExistsError(f"result {clash} already exists; results are never overwritten")
     per_query_file = None
     if outcomes is not None:
         tmp = queries_path.with_name(queries_path.name + ".tmp")

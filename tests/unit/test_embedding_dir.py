@@ -158,3 +158,12 @@ def test_store_merges_rewrites_and_resumes_after_final_files(tmp_path):
 
     with pytest.raises(FingerprintMismatch):
         EmbeddingDirStore(out).ensure_collection("d__m", 4, "other")
+
+
+def test_an_existing_per_query_file_is_refused_in_one_line(tmp_path):
+    (g, g_ids, g_labels), _ = data(n=30, q=0)
+    write_split(tmp_path / "g", g, g_ids, g_labels)
+    (tmp_path / "r.queries.jsonl").write_text("{}\n")
+    done = vsbench("score", "--gallery", str(tmp_path / "g"), "--out", str(tmp_path / "r.json"))
+    assert done.returncode != 0 and "r.queries.jsonl already exists" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
