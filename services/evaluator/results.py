@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import numpy as np
 from pydantic import ValidationError
 
 from services.common.errors import VsbenchError
@@ -75,7 +76,7 @@ class QueryOutcome:
             "first_relevant_rank": self.first_relevant_rank,
             "ap": {k: (None if math.isnan(v) else round(v, 6)) for k, v in self.ap.items()},
             "top_ids": self.top_ids,
-            "top_scores": [round(float(s), 6) for s in self.top_scores],
+            "top_scores": np.round(np.asarray(self.top_scores, dtype=np.float64), 6).tolist(),
             "top_relevant": self.top_relevant,
         }
 
@@ -160,6 +161,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def check_new_result(summary_path: Path) -> Path:
+    """Refuse (ResultExistsError) when a record or its per-query file is already at this place;
+    returns the per-query file's path. Commands call it before any work, write_run again."""
+    summary_path = Path(summary_path)
+    queries_path = summary_path.with_name(summary_path.name.removesuffix(".json") + ".queries.jsonl")
+    for clash in (summary_path, queries_path):
+        if clash.exists():
+            raise ResultExistsError(f"result {clash} already exists; results are never overwritten")
+    return queries_path
+
+
 def write_run(
     results_dir: Path,
     record: RunRecord,
@@ -179,10 +191,7 @@ def write_run(
     else:
         summary_path = Path(path)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
-    queries_path = summary_path.with_name(summary_path.name.removesuffix(".json") + ".queries.jsonl")
-    if summary_path.exists() or queries_path.exists():
-        clash = summary_path if summary_path.exists() else queries_path
-        raise ResultExistsError(f"result {clash} already exists; results are never overwritten")
+    queries_path = check_new_result(summary_path)
     per_query_file = None
     if outcomes is not None:
         tmp = queries_path.with_name(queries_path.name + ".tmp")

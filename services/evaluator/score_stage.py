@@ -170,7 +170,7 @@ def score_stage(
     })
     outcomes = iter_outcomes(
         scores, topk, columns.query_ids.take(pa.array(stored.query_rows)).to_pylist(),
-        columns.query_products(stored.query_rows), _ranked_gallery_ids(topk, depth, columns, stored),
+        columns.query_products(stored.query_rows), _gallery_ids_at(columns, stored),
         opts.map_k,
     )
     return write_run(results_dir, record, outcomes, path=out)
@@ -235,12 +235,14 @@ def _split_absent(ids: pa.Array, stored_rows: np.ndarray, missing_ids: set[str])
     return absent - missing, missing
 
 
-def _ranked_gallery_ids(topk: TopK, depth: int, columns: DatasetColumns, stored: _Stored) -> dict[int, str]:
-    """Gallery id of every position that appears in a ranked list (not one per gallery item)."""
-    positions = np.unique(topk.indices[:, :depth])
-    positions = positions[positions >= 0]
-    names = columns.gallery_ids.take(pa.array(stored.gallery_rows[positions])).to_pylist()
-    return dict(zip(positions.tolist(), names))
+def _gallery_ids_at(columns: DatasetColumns, stored: _Stored):
+    """Positions among the stored gallery rows -> their ids, as one Arrow take (not a Python
+    string per gallery item)."""
+
+    def ids_of(positions: np.ndarray) -> list[str]:
+        return columns.gallery_ids.take(pa.array(stored.gallery_rows[positions])).to_pylist()
+
+    return ids_of
 
 
 def _search_qdrant(store: VectorStore, collection: str, columns: DatasetColumns, stored: _Stored, depth: int) -> TopK:

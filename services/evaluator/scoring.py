@@ -7,7 +7,7 @@ compute every number the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -142,23 +142,38 @@ def iter_outcomes(
     topk: TopK,
     query_ids: Sequence[str],
     query_labels: Sequence[str],
-    gallery_ids: Sequence[str],
+    gallery_ids: Sequence[str] | Callable[[np.ndarray], list[str]],
     map_k: Sequence[int],
 ) -> Iterator["QueryOutcome"]:
+    """Per-query outcomes. gallery_ids: the gallery's ids (indexable by position), or a function
+    from an array of positions to their ids (columnar galleries: only the ranked ones become
+    Python strings). Everything per row is converted in bulk: 1,000 queries x K = 1000 is a
+    million ranked entries."""
     from services.evaluator.results import QueryOutcome
 
     depth = scores.relevance.shape[1]
+    indices = topk.indices[:, :depth]
+    valid = indices >= 0
+    flat = indices[valid]
+    names = gallery_ids(flat) if callable(gallery_ids) else [gallery_ids[i] for i in flat.tolist()]
+    ends = np.cumsum(valid.sum(axis=1)).tolist()
+    rounded = np.round(topk.scores[:, :depth].astype(np.float64), 6)
+    ap_rows = {str(k): scores.per_query[f"map@{k}"].tolist() for k in map_k}
+    n_relevant, answerable = scores.n_relevant.tolist(), scores.answerable.tolist()
+    first = scores.first_relevant_rank.tolist()
+    start = 0
     for q, query_id in enumerate(query_ids):
-        idx = topk.indices[q, :depth]
-        keep = idx >= 0
+        keep = valid[q]
+        end = ends[q]
         yield QueryOutcome(
             query_id=query_id,
             product_id=query_labels[q],
-            n_relevant=int(scores.n_relevant[q]),
-            answerable=bool(scores.answerable[q]),
-            first_relevant_rank=int(scores.first_relevant_rank[q]),
-            ap={str(k): float(scores.per_query[f"map@{k}"][q]) for k in map_k},
-            top_ids=[gallery_ids[i] for i in idx[keep]],
-            top_scores=[float(s) for s in topk.scores[q, :depth][keep]],
-            top_relevant=[bool(r) for r in scores.relevance[q][keep]],
+            n_relevant=n_relevant[q],
+            answerable=answerable[q],
+            first_relevant_rank=first[q],
+            ap={k: values[q] for k, values in ap_rows.items()},
+            top_ids=names[start:end],
+            top_scores=rounded[q][keep].tolist(),
+            top_relevant=scores.relevance[q][keep].tolist(),
         )
+        start = end

@@ -58,11 +58,11 @@ def score(
     from services.evaluator.analytics.options import AnalysisOptions
     from services.evaluator.pipeline import Evaluation, EvaluationOptions
     from services.evaluator.precomputed import open_precomputed_inputs
+    from services.evaluator.results import check_new_result
 
     recall_k, map_ks = parse_ks(k, "--k"), parse_ks(map_k, "--map-k")
     check_engine(engine)
-    if out.exists():
-        fail(f"{out} already exists; results are never overwritten")
+    check_new_result(out)
     inputs = open_precomputed_inputs(gallery, queries, dataset_name=dataset_name, model_name=model_name)
     options = EvaluationOptions(
         recall_k=recall_k, map_k=map_ks, engine=engine, unanswerable_as_miss=unanswerable_as_miss, show_progress=False,
@@ -109,8 +109,9 @@ def score_ilias(
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"--protocol takes {' or '.join(PROTOCOLS)}, got {protocol!r}")
     check_engine(engine)
-    if out.exists():
-        fail(f"{out} already exists; results are never overwritten")
+    from services.evaluator.results import check_new_result
+
+    check_new_result(out)
     recall_k, map_ks = parse_ks(k, "--k"), parse_ks(map_k, "--map-k")
     if protocol == "ilias":
         from services.evaluator.ilias.official import score_ilias_official
