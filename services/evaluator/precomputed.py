@@ -117,10 +117,11 @@ def open_precomputed_inputs(
         if queries.dim != gallery.dim:
             raise InputError(f"dimension mismatch: queries have {queries.dim} dims, gallery has {gallery.dim}")
         # Inter splits must not overlap: a query also in the gallery would be its own top match.
-        shared = _first(pc.is_in(queries.ids, value_set=gallery.ids))
+        # (The hash set is built of the queries, the small side, and the gallery probed against it.)
+        shared = _first(pc.is_in(gallery.ids, value_set=queries.ids))
         if shared is not None:
             raise InputError(
-                f"queries: id {queries.ids[shared].as_py()!r} is also a gallery id; inter retrieval needs disjoint "
+                f"queries: id {gallery.ids[shared].as_py()!r} is also a gallery id; inter retrieval needs disjoint "
                 "splits (omit --queries for intra retrieval over one set)"
             )
         columns = inter_columns(gallery.ids, gallery.labels, queries.ids, queries.labels)
