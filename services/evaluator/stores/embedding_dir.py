@@ -415,7 +415,7 @@ class EmbeddingDirStore:
         return store
 
     def __repr__(self) -> str:
-        return f"EmbeddingDirStore({str(self.path)!r})"
+        return f"EmbeddingDirStore({str(self.path)!r}" + ("" if self.part is None else f", part={self.part}") + ")"
 
     def __enter__(self) -> "EmbeddingDirStore":
         return self
