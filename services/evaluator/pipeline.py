@@ -11,7 +11,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from services.evaluator.datasets.base import Dataset, ImageRecord, Setup, Split
 from services.evaluator.results import RunResult, path_segment
 from services.evaluator.score_stage import score_stage, versions  # noqa: F401 - versions: re-exported
 from services.evaluator.stores.base import VectorStore
+
+if TYPE_CHECKING:
+    from services.evaluator.sharded_search import Ranked
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ class EvaluationOptions:
     reembed: bool = False
     # Decision analytics (open-set, scaling, compression) into the record's `analyses`.
     analyses: AnalysisOptions = field(default_factory=AnalysisOptions)
+    # A ranking computed elsewhere (sharded_search.read_ranked: `vsbench score --ranked`), scored
+    # instead of searching; the score stage checks it was computed from these very vectors.
+    ranked: "Ranked | None" = None
 
 
 @dataclass

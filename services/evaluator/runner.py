@@ -205,7 +205,7 @@ def _print_outcome(console: Console, dataset: str, model: str, outcome: RunOutco
 
 def embed_to_files(
     server: str, images: Path, out: Path, *, batch_size: int = 32, show_progress: bool = True, reembed: bool = False,
-    dtype: str = "float32",
+    dtype: str = "float32", part: tuple[int, int] | None = None,
 ) -> RunOutcome:
     """Embed a folder or manifest through a server into a `vsbench score` format, through the
     same loop as every run (the files are the vector store): OUT.npz -> NpzStore (OUT and
@@ -213,25 +213,35 @@ def embed_to_files(
 
     An inter dataset keeps its query split apart, so scoring the files keeps the dataset's
     protocol; anything else is one gallery, scored as intra. Vectors land in chunk files as they
-    arrive: an interrupted embed resumes where it stopped."""
+    arrive: an interrupted embed resumes where it stopped.
+
+    `part` (i, N): embed only shard i of N, the records `vsbench run --shard-index i --shard-count N`
+    embeds (sharding.select_shard: by a hash of the image id), into OUT/gallery/part-<i>/ and
+    OUT/queries/part-<i>/; the N parts read back as one split (stores/embedding_dir.py)."""
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
     from services.evaluator.datasets.registry import load_dataset
+    from services.evaluator.sharding import select_shard
+
+    if part is not None and out.suffix == ".npz":
+        raise ConfigError(f"--part writes part-*/ directories of an embedding directory; {out.name} is an NPZ file "
+                          "(give an OUT without .npz)")
 
     if _is_plain_image_dir(images):
         dataset = _plain_dir(images)  # unlabelled: nothing to validate for scoring
     else:
         dataset = load_dataset("folder" if images.is_dir() else "manifest", images)
         dataset.validate()
-    store = _file_store(out, dtype)
+    records = None if part is None else select_shard(dataset.records, part[0], part[1])
+    store = _file_store(out, dtype, None if part is None else part[0])
     try:
         with GrpcEmbeddingClient(server, batch_size=batch_size) as client:
             evaluation = Evaluation(store, out.parent, EvaluationOptions(show_progress=show_progress, reembed=reembed))
-            return evaluation.run(dataset, client, dataset.name, score=False)
+            return evaluation.run(dataset, client, dataset.name, score=False, records=records)
     finally:
         store.close()
 
 
-def _file_store(out: Path, dtype: str):
+def _file_store(out: Path, dtype: str, part: int | None = None):
     if out.suffix == ".npz":
         from services.evaluator.stores.npz import NpzStore
 
@@ -240,7 +250,7 @@ def _file_store(out: Path, dtype: str):
         return NpzStore.single(out)
     from services.evaluator.stores.embedding_dir import EmbeddingDirStore
 
-    return EmbeddingDirStore(out, dtype=dtype)
+    return EmbeddingDirStore(out, dtype=dtype, part=part)
 
 
 def score_command_for(out: Path) -> str | None:

@@ -43,6 +43,7 @@ from services.evaluator.stores.base import StoredMatrix, VectorStore
 
 if TYPE_CHECKING:
     from services.evaluator.pipeline import EmbedReport, EvaluationOptions
+    from services.evaluator.sharded_search import Ranked
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,9 @@ def score_stage(
     query_codes = columns.query_codes[stored.query_rows]
     depth = max(max(opts.recall_k), max(opts.map_k))
     search_started = time.perf_counter()
-    if opts.search == "qdrant":
+    if opts.ranked is not None:
+        topk, search_desc = _ranked(opts.ranked, columns, stored, info.dim, depth)
+    elif opts.search == "qdrant":
         topk = _search_qdrant(store, collection, columns, stored, depth)
         search_desc = "Qdrant exact search (SearchParams(exact=True), Distance.DOT)"
     else:
@@ -174,6 +177,20 @@ def score_stage(
         opts.map_k,
     )
     return write_run(results_dir, record, outcomes, path=out)
+
+
+def _ranked(ranked: "Ranked", columns: DatasetColumns, stored: _Stored, dim: int, depth: int) -> tuple[TopK, str]:
+    """A ranking searched elsewhere (`vsbench search-shard` + `search-merge`) used instead of the
+    search, once it is shown to come from exactly these vectors. Its positions are over the whole
+    gallery and the search here would rank only stored rows: they agree only when every row is."""
+    from services.evaluator.sharded_search import RankingMismatch
+
+    if len(stored.gallery_rows) != len(columns.gallery_ids):
+        raise RankingMismatch(f"--ranked needs a vector for every gallery row: {len(columns.gallery_ids)} rows, "
+                              f"{len(stored.gallery_rows)} stored")
+    topk = ranked.topk_for(stored.raw_queries, stored.exclude, len(columns.gallery_ids), dim, depth)
+    return topk, (f"exact sharded search merged from {ranked.shard_count} shard files ({ranked.path.name}): "
+                  "blocked matmul over L2-normalised vectors, ties by gallery position")
 
 
 def _stored(store: VectorStore, collection: str, columns: DatasetColumns, dim: int, *, exists: bool) -> _Stored:

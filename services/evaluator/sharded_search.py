@@ -8,7 +8,13 @@ position ascending) and returns what `exact_topk` over the whole gallery returns
 self-match exclusion (a query's own gallery position) is applied by the shard holding that row.
 
 Each shard file records what it was computed from (query checksum, gallery shape, k, the exclusion's
-checksum), and the merge refuses files that disagree, miss a shard or repeat one.
+checksum, whether vectors were L2-normalised), and the merge refuses files that disagree, miss a
+shard or repeat one. The merged top-k file keeps that record, so `vsbench score --ranked` can
+check it was computed from the very files it scores (`read_ranked`, `Ranked.topk_for`).
+
+Inputs are bare .npy matrices (raw dot products) or embedding directories (stores/embedding_dir.py,
+parts included: the shard's rows are over the concatenated gallery), searched as `vsbench score`
+searches them: L2-normalised, and without queries every labelled gallery row queries the rest.
 
 Within one process the same split serves several GPUs: `search_devices` streams shard i to
 devices[i], `DeviceShards` keeps each shard resident (float16 by default), one thread and stream
@@ -46,14 +52,14 @@ class Shard:
     count: int
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str, option: str = "--shard") -> "Shard":
         """'i/N' with 0 <= i < N."""
         match = _SHARD.match(text)
         if not match:
-            raise ShardError(f"--shard takes i/N (e.g. 0/4), got {text!r}")
+            raise ShardError(f"{option} takes i/N (e.g. 0/4), got {text!r}")
         index, count = int(match.group(1)), int(match.group(2))
         if count < 1 or not 0 <= index < count:
-            raise ShardError(f"--shard {text!r}: need 0 <= i < N and N >= 1")
+            raise ShardError(f"{option} {text!r}: need 0 <= i < N and N >= 1")
         return cls(index, count)
 
     def bounds(self, n_rows: int) -> tuple[int, int]:
@@ -81,6 +87,54 @@ def load_exclude(path: Path) -> np.ndarray:
     if exclude.ndim != 1 or exclude.dtype.kind not in "iu":
         raise ShardError(f"exclude {path}: need a 1-D integer array, got {exclude.dtype} {exclude.shape}")
     return exclude.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """What one search shard reads: queries (float32, in memory), the gallery (memory-mapped),
+    the exclusion, and whether the search normalises (embedding directories) or not (.npy)."""
+
+    queries: np.ndarray
+    gallery: object  # np.ndarray / memmap / PartsMatrix
+    exclude: np.ndarray | None
+    normalize: bool
+
+
+def open_search_inputs(queries: Path | None, gallery: Path, exclude: Path | None = None) -> SearchInputs:
+    """Both .npy matrices (raw dot products, --exclude optional), or both embedding directories
+    (parts allowed; searched as `vsbench score` searches them: normalised). A gallery directory
+    without queries is intra retrieval: every labelled gallery row queries the rest, its own row
+    excluded, the same queries and exclusion `vsbench score --gallery DIR` uses."""
+    from services.evaluator.datasets.columns import intra_columns
+    from services.evaluator.stores._common import StoreError
+    from services.evaluator.stores.embedding_dir import read_split
+
+    gallery, queries = Path(gallery), None if queries is None else Path(queries)
+    if not gallery.is_dir():
+        if queries is None or queries.is_dir():
+            raise ShardError("give --queries and --gallery both as .npy files or both as embedding directories "
+                             "(a gallery directory alone: intra retrieval)")
+        q = load_matrix(queries, "queries")
+        return SearchInputs(np.asarray(q, dtype=np.float32), load_matrix(gallery, "gallery"),
+                            None if exclude is None else load_exclude(exclude), False)
+    if exclude is not None:
+        raise ShardError("--exclude goes with .npy inputs; with embedding directories the exclusion follows "
+                         "from the split (intra retrieval when --queries is omitted)")
+    if queries is not None and not queries.is_dir():
+        raise ShardError(f"--queries {queries}: with a gallery directory the queries are an embedding directory too")
+    try:
+        split = read_split(gallery, "gallery")
+        if queries is None:
+            positions = intra_columns(split.ids, split.labels).query_positions
+            if not positions.size:
+                raise ShardError(f"gallery {gallery}: no row has a label, so intra retrieval has no queries")
+            q = np.asarray(split.vectors[positions], dtype=np.float32)
+            return SearchInputs(q, split.vectors, positions.astype(np.int64), True)
+        query_split = read_split(queries, "queries")
+    except StoreError as exc:
+        raise ShardError(str(exc)) from None
+    return SearchInputs(np.asarray(query_split.vectors[0 : query_split.vectors.shape[0]], dtype=np.float32),
+                        split.vectors, None, True)
 
 
 def _checksum(array: np.ndarray | None) -> str:
@@ -127,19 +181,30 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> TopK:
 
 def search_shard(
     queries: np.ndarray,
-    gallery: np.ndarray,
+    gallery,
     shard: Shard,
     k: int,
     *,
     exclude: np.ndarray | None = None,
     engine: Engine = "auto",
+    normalize: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Top-k of every query within this shard's gallery slice, as the arrays of a shard file."""
+    """Top-k of every query within this shard's gallery slice, as the arrays of a shard file.
+    `gallery`: an (N, D) array or memmap, or a PartsMatrix (read a part at a time).
+    `normalize`: L2-normalise queries and gallery rows (as `vsbench score` does); a gallery row
+    that cannot be raises ShardError naming its global position."""
+    from services.evaluator.search import UnusableGalleryRow
+    from services.evaluator.stores.embedding_dir import matrix_blocks
+
     exclude = _checked(queries, gallery, k, exclude)
     start, stop = shard.bounds(gallery.shape[0])
 
     def search(local_exclude):
-        return exact_topk(queries, gallery[start:stop], k, exclude=local_exclude, engine=engine)
+        try:
+            return exact_topk(queries, matrix_blocks(gallery, start, stop), k, exclude=local_exclude, engine=engine,
+                              normalize=normalize)
+        except UnusableGalleryRow as exc:
+            raise ShardError(f"gallery row {start + exc.position} {exc.why}") from None
 
     scores, indices = _shard_topk(queries, start, stop, k, exclude, search)
     return {
@@ -155,6 +220,7 @@ def search_shard(
         "k": np.array(k),
         "queries_sha1": np.array(_checksum(np.asarray(queries, dtype=np.float32))),
         "exclude_sha1": np.array(_checksum(exclude)),
+        "normalized": np.array(bool(normalize)),
     }
 
 
@@ -166,7 +232,14 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     scratch.replace(path)
 
 
-_AGREE = ("gallery_rows", "dim", "k", "shard_count", "queries_sha1", "exclude_sha1")
+_AGREE = ("gallery_rows", "dim", "k", "shard_count", "queries_sha1", "exclude_sha1", "normalized")
+
+
+def _fact(arrays: dict[str, np.ndarray], name: str):
+    """A recorded fact as a Python value ("normalized" is absent from files of raw .npy searches
+    written before it existed: False)."""
+    value = arrays.get(name, np.array(False) if name == "normalized" else None)
+    return None if value is None else value.item()
 
 
 def _read_shard(path: Path) -> dict[str, np.ndarray]:
@@ -196,13 +269,18 @@ def shard_files(paths: Sequence[Path]) -> list[Path]:
 
 def merge_shards(paths: Sequence[Path]) -> TopK:
     """The final top-k from all N shard files of one search (any order)."""
+    return merge_shard_files(paths)[0]
+
+
+def merge_shard_files(paths: Sequence[Path]) -> tuple[TopK, dict[str, np.ndarray]]:
+    """The final top-k and what the shards agree it was computed from (for `topk_arrays`)."""
     if not paths:
         raise ShardError("no shard files to merge")
     parts = [(p, _read_shard(p)) for p in shard_files(paths)]
     first_path, first = parts[0]
     for path, part in parts[1:]:
         for name in _AGREE:
-            if part[name] != first[name]:
+            if _fact(part, name) != _fact(first, name):
                 raise ShardError(f"{path} and {first_path} come from different searches ({name} differs)")
     count = int(first["shard_count"])
     seen: dict[int, Path] = {}
@@ -214,11 +292,80 @@ def merge_shards(paths: Sequence[Path]) -> TopK:
     missing = sorted(set(range(count)) - set(seen))
     if missing:
         raise ShardError(f"shards missing from the merge: {', '.join(f'{i}/{count}' for i in missing)}")
-    return merge_topk([(part["scores"], part["indices"]) for _, part in parts], int(first["k"]))
+    top = merge_topk([(part["scores"], part["indices"]) for _, part in parts], int(first["k"]))
+    return top, {name: np.array(_fact(first, name)) for name in _AGREE}
 
 
-def topk_arrays(top: TopK) -> dict[str, np.ndarray]:
-    return {"format": np.array(TOPK_FORMAT), "indices": top.indices, "scores": top.scores}
+def topk_arrays(top: TopK, facts: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The merged top-k file: indices, scores and (from `merge_shard_files`) the shards' record."""
+    return {"format": np.array(TOPK_FORMAT), "indices": top.indices, "scores": top.scores, **(facts or {})}
+
+
+class RankingMismatch(ShardError):
+    """A merged top-k file that was not computed from the files being scored (or not deep enough)."""
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A merged top-k file (`vsbench search-merge --out`) with what it was computed from."""
+
+    path: Path
+    top: TopK
+    gallery_rows: int
+    dim: int
+    k: int
+    shard_count: int
+    queries_sha1: str
+    exclude_sha1: str
+    normalized: bool
+
+    def topk_for(self, raw_queries: np.ndarray, exclude: np.ndarray | None, gallery_rows: int, dim: int,
+                 depth: int) -> TopK:
+        """The ranking cut to `depth`, once it is shown to come from these queries (raw float32,
+        as stored), this exclusion and a gallery of this shape, searched normalised."""
+        name = self.path.name
+        if not self.normalized:
+            raise RankingMismatch(f"{name} ranks raw dot products (.npy inputs); --ranked needs a search of the "
+                                  "embedding directories themselves (normalised, as vsbench score searches)")
+        if (self.gallery_rows, self.dim) != (gallery_rows, dim):
+            raise RankingMismatch(f"{name} ranks a {self.gallery_rows} x {self.dim} gallery; this gallery is "
+                                  f"{gallery_rows} x {dim}")
+        if self.queries_sha1 != _checksum(np.asarray(raw_queries, dtype=np.float32)):
+            raise RankingMismatch(f"{name} was computed from other queries than these ({raw_queries.shape[0]} "
+                                  "queries; the query checksum differs)")
+        if self.exclude_sha1 != _checksum(None if exclude is None else np.asarray(exclude, dtype=np.int64)):
+            raise RankingMismatch(f"{name} was computed with another self-match exclusion (intra vs inter "
+                                  "retrieval, or another gallery order)")
+        if self.k < depth:
+            raise RankingMismatch(f"{name} holds the top {self.k} per query; scoring needs {depth} "
+                                  f"(max of --k and --map-k): search again with --k >= {depth}")
+        return TopK(indices=self.top.indices[:, :depth], scores=self.top.scores[:, :depth])
+
+
+def read_ranked(path: Path) -> Ranked:
+    """A merged top-k file, checked for its format and its record (ShardError otherwise)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"ranking {path}: not a readable .npz ({exc})") from None
+    if str(arrays.get("format", "")) != TOPK_FORMAT:
+        raise ShardError(f"ranking {path}: not a {TOPK_FORMAT} file (written by `vsbench search-merge`)")
+    absent = [name for name in ("indices", "scores", *_AGREE) if name not in arrays]
+    if absent:
+        raise ShardError(f"ranking {path} lacks {', '.join(absent)} (merged by an older vsbench: merge the shard "
+                         "files again)")
+    indices, scores = arrays["indices"], arrays["scores"]
+    if indices.ndim != 2 or indices.shape != scores.shape or indices.dtype.kind not in "iu":
+        raise ShardError(f"ranking {path}: indices {indices.dtype} {indices.shape} and scores {scores.shape} "
+                         "must be two equal 2-D arrays")
+    return Ranked(
+        path=path, top=TopK(indices=indices.astype(np.int64), scores=scores.astype(np.float32)),
+        gallery_rows=int(arrays["gallery_rows"]), dim=int(arrays["dim"]), k=int(arrays["k"]),
+        shard_count=int(arrays["shard_count"]), queries_sha1=str(arrays["queries_sha1"]),
+        exclude_sha1=str(arrays["exclude_sha1"]), normalized=bool(arrays["normalized"]),
+    )
 
 
 # --- several devices in one process -------------------------------------------------------------

@@ -958,39 +958,85 @@ def _substituted(args: list[str], env: dict[str, str]) -> list[str]:
     return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in args]
 
 
-def test_sharded_search_is_an_indexed_job_then_a_suspended_merge_the_cli_accepts():
+def _cli_params(args: list[str], here: dict[str, Path] | None = None) -> dict:
+    """The parameters the vsbench CLI parses from a container's (substituted) args; `here` swaps
+    the value of options that must name an existing path (in the cluster) for a local one."""
     import click
     import typer.main
 
     from services.evaluator.cli import app
 
+    args = [(str(here[args[i - 1]]) if i and here and args[i - 1] in here else a) for i, a in enumerate(args)]
+    command = typer.main.get_command(app)
+    return command.get_command(click.Context(command), args[0]).make_context(args[0], args[1:]).params
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {v["name"]: v["value"] for v in container.get("env", [])}
+
+
+def test_sharded_search_is_embed_parts_then_shards_then_merge_then_score_the_cli_accepts(tmp_path):
+    embed = _named("cpu+scale", "Job", "vsbench-search-embed")["spec"]
     shards = _named("cpu+scale", "Job", "vsbench-search-shards")["spec"]
     merge = _named("cpu+scale", "Job", "vsbench-search-merge")["spec"]
-    assert shards["completionMode"] == "Indexed" and shards["template"]["spec"]["restartPolicy"] == "Never"
+    score = _named("cpu+scale", "Job", "vsbench-search-score")["spec"]
+    for job in (embed, shards):
+        assert job["completionMode"] == "Indexed" and job["template"]["spec"]["restartPolicy"] == "Never"
+    assert not embed.get("suspend"), "embedding starts when applied"
+    assert shards["suspend"] is True, "started once every embed part has completed"
     assert merge["suspend"] is True, "started once every shard has completed"
+    assert score["suspend"] is True, "started once the merge has completed"
+
+    # 1. the embed pods: one part each, all into one output directory
+    (embedder,) = embed["template"]["spec"]["containers"]
+    env = _env(embedder)
+    assert int(env["EMBED_PARTS"]) == embed["completions"], "one part per completion index"
+    outs = set()
+    for index in range(embed["completions"]):
+        params = _cli_params(_substituted(embedder["args"], {**env, "JOB_COMPLETION_INDEX": str(index)}),
+                             here={"--images": tmp_path})
+        assert params["part"] == f"{index}/{env['EMBED_PARTS']}" and params["out"].suffix != ".npz"
+        outs.add(params["out"])
+        server = params["server"]
+    (search_dir,) = outs
+    mounts = {m["mountPath"]: m for m in embedder["volumeMounts"]}
+    assert env["IMAGES"].startswith("/datasets/") and mounts["/datasets"]["readOnly"] is True
+    host, port = _host_port(server)
+    services = {s["metadata"]["name"]: s for s in _objects("cpu+scale", "Service")}
+    assert host in services and any(p["port"] == port for p in services[host]["spec"]["ports"])
+
+    # 2. the search pods: the embed output's directories, one shard file each
     (container,) = shards["template"]["spec"]["containers"]
-    env = {v["name"]: v["value"] for v in container["env"]}
+    env = _env(container)
     assert int(env["SHARD_COUNT"]) == shards["completions"], "one gallery slice per completion index"
-    command = typer.main.get_command(app)
     parts = []
     for index in range(shards["completions"]):
-        args = _substituted(container["args"], {**env, "JOB_COMPLETION_INDEX": str(index)})
-        context = command.get_command(click.Context(command), args[0]).make_context(args[0], args[1:])
-        assert context.params["shard"] == f"{index}/{env['SHARD_COUNT']}"
-        parts.append(context.params["out"])
+        params = _cli_params(_substituted(container["args"], {**env, "JOB_COMPLETION_INDEX": str(index)}))
+        assert params["shard"] == f"{index}/{env['SHARD_COUNT']}"
+        assert (params["gallery"], params["queries"]) == (search_dir / "gallery", search_dir / "queries")
+        parts.append(params["out"])
+        depth = params["k"]
     assert len(set(parts)) == len(parts), "every shard writes its own file"
+
+    # 3. the merge reads every shard file; 4. the score Job reads the merge's output and the same files
     (merger,) = merge["template"]["spec"]["containers"]
-    context = command.get_command(click.Context(command), merger["args"][0]).make_context(
-        merger["args"][0], merger["args"][1:])
-    (folder,) = context.params["parts"]
+    params = _cli_params(merger["args"])
+    (folder,) = params["parts"]
     assert all(p.parent == folder and p.name.startswith("part-") for p in parts), "the merge reads every shard file"
-    assert context.params["out"].parent == folder and not context.params["out"].name.startswith("part-")
+    assert not params["out"].name.startswith("part-") and params["out"].parent != folder
+    (scorer,) = score["template"]["spec"]["containers"]
+    scored = _cli_params(_substituted(scorer["args"], _env(scorer)))
+    assert scored["ranked"] == params["out"]
+    assert (scored["gallery"], scored["queries"]) == (search_dir / "gallery", search_dir / "queries")
+    wanted = max(int(k) for key in ("k", "map_k") for k in scored[key].split(","))
+    assert depth >= wanted, "the shards keep as many candidates as the score needs"
+    assert scored["out"].parent == search_dir
 
     def claims(job):
         return {v["persistentVolumeClaim"]["claimName"] for v in job["template"]["spec"]["volumes"]
-                if "persistentVolumeClaim" in v}
+                if "persistentVolumeClaim" in v and not v["persistentVolumeClaim"].get("readOnly")}
 
-    assert claims(shards) == claims(merge) == {"vsbench-results"}
+    assert claims(embed) == claims(shards) == claims(merge) == claims(score) == {"vsbench-results"}
 
 
 def test_qdrant_distributed_peers_bootstrap_through_peer_zero(tmp_path):

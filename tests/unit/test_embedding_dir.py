@@ -14,7 +14,8 @@ import pytest
 
 from services.evaluator.datasets.columns import inter_columns, intra_columns
 from services.evaluator.precomputed import InputError, open_precomputed_inputs
-from services.evaluator.stores.embedding_dir import EmbeddingDirStore, write_split
+from services.evaluator.stores._common import StoreError
+from services.evaluator.stores.embedding_dir import EmbeddingDirStore, PartsMatrix, read_split, write_split
 
 
 def vsbench(*args: str) -> subprocess.CompletedProcess:
@@ -167,3 +168,106 @@ def test_an_existing_per_query_file_is_refused_in_one_line(tmp_path):
     done = vsbench("score", "--gallery", str(tmp_path / "g"), "--out", str(tmp_path / "r.json"))
     assert done.returncode != 0 and "r.queries.jsonl already exists" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ---- parts: part-*/ subdirectories read as one split ------------------------------------------
+def _write_parts(root, g, ids, labels, sizes, dtype=np.float16, fingerprint="fp"):
+    start = 0
+    for index, size in enumerate(sizes):
+        write_split(root / f"part-{index:05d}", g[start : start + size].astype(dtype), ids[start : start + size],
+                    labels[start : start + size], fingerprint=fingerprint)
+        start += size
+
+
+def test_parts_read_as_one_split_memory_mapped_per_part(tmp_path):
+    (g, g_ids, g_labels), _ = data(n=100, q=0, dim=8)
+    # name order, not creation order: part-00010 comes after part-00002
+    _write_parts(tmp_path / "g", g, g_ids, g_labels, [30, 1, 40])
+    (tmp_path / "g" / "part-00002").rename(tmp_path / "g" / "part-00010")
+    write_split(tmp_path / "g" / "part-00002", g[71:].astype(np.float16), g_ids[71:], g_labels[71:], fingerprint="fp")
+    (tmp_path / "g" / "part-00002").rename(tmp_path / "g" / "part-00005")
+    split = read_split(tmp_path / "g", "gallery")
+    want = g[list(range(31)) + list(range(71, 100)) + list(range(31, 71))].astype(np.float16)
+    want_ids = g_ids[:31] + g_ids[71:] + g_ids[31:71]
+    m = split.vectors
+    assert isinstance(m, PartsMatrix) and split.parts == 4 and m.shape == (100, 8) and m.dtype == np.float16
+    assert split.ids.to_pylist() == want_ids and split.fingerprint == "fp"
+    # slices within a part are views of its memmap; across parts a copy of just those rows
+    inside = m[35:50]
+    assert isinstance(inside, np.memmap) and np.array_equal(inside, want[35:50])
+    for a, b in [(0, 100), (25, 33), (30, 31), (29, 61), (99, 120), (50, 50)]:
+        assert np.array_equal(m[a:b], want[a:b])
+    assert np.array_equal(m[::7], want[::7]) and np.array_equal(m[-1], want[-1]) and np.array_equal(m[31], want[31])
+    rows = np.array([99, 0, 30, 30, 31, 60, -2])
+    assert np.array_equal(m[rows], want[rows]) and np.array_equal(m[want[:, 0] > 0], want[want[:, 0] > 0])
+    with pytest.raises(IndexError):
+        m[np.array([100])]
+    blocks = list(m.blocks(20, 90, rows=16))
+    assert np.array_equal(np.concatenate(blocks), want[20:90]) and max(b.shape[0] for b in blocks) <= 16
+    assert all(isinstance(b, np.memmap) for b in blocks)
+    # the store's matrix() streams a block per part, in split order
+    store = EmbeddingDirStore.reader(split)
+    stored = store.matrix("c", split.ids)
+    assert stored.stored.all() and [b.shape[0] for b in stored.blocks()] == [30, 1, 29, 40]
+    assert np.array_equal(np.concatenate(list(stored.blocks())), want)
+
+
+def test_parts_score_like_one_directory(tmp_path):
+    (g, g_ids, g_labels), (q, q_ids, q_labels) = data(seed=4, n=300, q=40)
+    write_split(tmp_path / "one" / "gallery", g.astype(np.float16), g_ids, g_labels)
+    write_split(tmp_path / "one" / "queries", q, q_ids, q_labels)
+    _write_parts(tmp_path / "parts" / "gallery", g, g_ids, g_labels, [100, 150, 50], fingerprint="")
+    _write_parts(tmp_path / "parts" / "queries", q, q_ids, q_labels, [10, len(q_ids) - 10], dtype=np.float32,
+                 fingerprint="")
+    one, one_rows = score(tmp_path, "one", tmp_path / "one" / "gallery", tmp_path / "one" / "queries")
+    parts, parts_rows = score(tmp_path, "parts", tmp_path / "parts" / "gallery", tmp_path / "parts" / "queries")
+    assert parts["metrics"] == one["metrics"] and parts["gallery"] == one["gallery"]
+    assert [(r["top_ids"], r["top_scores"]) for r in parts_rows] == [(r["top_ids"], r["top_scores"]) for r in one_rows]
+
+
+def test_parts_that_disagree_are_refused_in_one_line(tmp_path):
+    (g, g_ids, g_labels), _ = data(n=40, q=0, dim=8)
+
+    def refused(name, *parts) -> str:
+        for index, (rows, dtype, fingerprint, ids) in enumerate(parts):
+            write_split(tmp_path / name / f"part-{index:05d}", rows.astype(dtype), ids, g_labels[: len(ids)],
+                        fingerprint=fingerprint)
+        with pytest.raises(StoreError) as caught:
+            read_split(tmp_path / name, "gallery")
+        assert "\n" not in str(caught.value)
+        return str(caught.value)
+
+    a, b = g[:20], g[20:]
+    message = refused("dup2", (a, "float16", "fp", g_ids[:20]), (b, "float16", "fp", ["g5"] + g_ids[21:40]))
+    assert "id 'g5' appears twice (part-00000 row 5 and part-00001 row 0)" in message
+    assert "dim 4" in refused("dim", (a, "float16", "fp", g_ids[:20]), (b[:, :4], "float16", "fp", g_ids[20:]))
+    assert "dtype float32" in refused("dtype", (a, "float16", "fp", g_ids[:20]), (b, "float32", "fp", g_ids[20:]))
+    assert "model fingerprint other" in refused("fp", (a, "float16", "fp", g_ids[:20]), (b, "float16", "other", g_ids[20:]))
+    write_split(tmp_path / "both", a, g_ids[:20], g_labels[:20])
+    write_split(tmp_path / "both" / "part-00000", b, g_ids[20:], g_labels[20:])
+    with pytest.raises(StoreError, match="holds both embeddings.npy and part-"):
+        read_split(tmp_path / "both", "gallery")
+
+
+def test_part_store_writes_its_part_and_resumes(tmp_path):
+    out = tmp_path / "emb"
+    rows = np.eye(4, dtype=np.float32)
+    for part, ids in ((0, ["a", "b"]), (1, ["c"])):
+        store = EmbeddingDirStore(out, dtype="float16", part=part)
+        store.ensure_collection("d__m", 4, "fp")
+        store.upsert("d__m", ids, rows[: len(ids)], [{"product_id": "A", "split": "gallery"}] * len(ids))
+        if part == 0:
+            store.upsert("d__m", ["q"], rows[3:], [{"product_id": "A", "split": "query"}])
+        assert list((out / f".partial-part-{part:05d}").glob("chunk-*"))  # a killed pod keeps them
+        store.close()
+    assert sorted(p.name for p in (out / "gallery").iterdir()) == ["part-00000", "part-00001"]
+    assert [p.name for p in (out / "queries").iterdir()] == ["part-00000"]
+    assert read_split(out / "gallery", "gallery").ids.to_pylist() == ["a", "b", "c"]
+    again = EmbeddingDirStore(out, dtype="float16", part=1)
+    again.ensure_collection("d__m", 4, "fp")
+    assert again.existing_ids("d__m", ["a", "c"]) == {"c"}  # its own part only
+    with pytest.raises(StoreError, match="holds part-"):
+        EmbeddingDirStore(out).ensure_collection("d__m", 4, "fp")
+    write_split(tmp_path / "whole" / "gallery", rows, ["a", "b", "c", "d"], ["", "", "", ""])
+    with pytest.raises(StoreError, match="holds a whole split"):
+        EmbeddingDirStore(tmp_path / "whole", part=0).ensure_collection("d__m", 4, "fp")

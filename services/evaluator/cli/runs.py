@@ -118,6 +118,11 @@ def embed(
     ),
     batch_size: int = typer.Option(32, help="images per request"),
     reembed: bool = typer.Option(False, "--reembed", help="replace an OUT made by another model fingerprint"),
+    part: Optional[str] = typer.Option(
+        None, "--part",
+        help="i/N: embed only shard i of N (the images `vsbench run --shard-index i --shard-count N` embeds) into "
+             "OUT/gallery/part-<i>/ and OUT/queries/part-<i>/; embedding directories only",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Embed images through a server into a format `vsbench score` reads.
@@ -127,13 +132,17 @@ def embed(
     Any other OUT: an embedding directory, written streaming for galleries larger than memory:
     OUT/gallery/ and OUT/queries/, each embeddings.npy + items.parquet. Interrupted, either keeps
     what arrived (in OUT's .partial folder) and a rerun embeds only the rest.
+
+    --part i/N (one pod of an Indexed Job each): the N part directories read back as one split.
     """
     from services.evaluator.runner import embed_to_files, score_command_for
+    from services.evaluator.sharded_search import Shard
 
     if dtype not in ("float32", "float16"):
         raise typer.BadParameter(f"--dtype takes float32 or float16, got {dtype!r}")
+    spec = None if part is None else Shard.parse(part, "--part")
     outcome = embed_to_files(server, images, out, batch_size=batch_size, show_progress=not quiet, reembed=reembed,
-                             dtype=dtype)
+                             dtype=dtype, part=None if spec is None else (spec.index, spec.count))
     report = outcome.report
     console.print(
         f"embedded {report.embedded}, already stored {report.already_stored}, errors {len(report.errors)} -> {out}",
@@ -148,7 +157,8 @@ def embed(
         raise typer.Exit(code=1)
     hint = score_command_for(out)
     if hint:
-        console.print(f"score them with: {hint}", highlight=False)
+        when = "" if spec is None else f"once all {spec.count} parts are written, "
+        console.print(f"{when}score them with: {hint}", highlight=False)
     if report.embedded + report.already_stored == 0:
         raise typer.Exit(code=1)
 

@@ -47,6 +47,11 @@ def score(
     target_precision: float = typer.Option(
         0.95, "--target-precision", min=0.0, max=1.0, help="open set: precision the recommended threshold aims at"
     ),
+    ranked: Optional[Path] = typer.Option(
+        None, "--ranked", dir_okay=False,
+        help="score this merged top-K (`vsbench search-merge --out`) instead of searching; it must come from "
+             "`vsbench search-shard` over these same files, at --k >= max(--k, --map-k)",
+    ),
 ) -> None:
     """Score precomputed embeddings (exact search, Recall@K and mAP@K, in percent).
 
@@ -63,11 +68,17 @@ def score(
     recall_k, map_ks = parse_ks(k, "--k"), parse_ks(map_k, "--map-k")
     check_engine(engine)
     check_new_result(out)
+    ranking = None
+    if ranked is not None:
+        from services.evaluator.sharded_search import read_ranked
+
+        ranking = read_ranked(ranked)
     inputs = open_precomputed_inputs(gallery, queries, dataset_name=dataset_name, model_name=model_name)
     options = EvaluationOptions(
         recall_k=recall_k, map_k=map_ks, engine=engine, unanswerable_as_miss=unanswerable_as_miss, show_progress=False,
         analyses=AnalysisOptions(open_set=open_set, scaling=scaling, compression=compression,
                                  target_precision=target_precision),
+        ranked=ranking,
     )
     try:
         outcome = Evaluation(inputs.store, out.parent, options).run(
@@ -186,8 +197,15 @@ def _write_summary_record(summary: dict, outcomes, out: Path, model_name: str):
 # ---- sharded exact search (an Indexed Job per shard, then one merge; docs/deployment.md) -----
 @app.command("search-shard")
 def search_shard_command(
-    queries: Path = typer.Option(..., "--queries", help="queries .npy (N_q x D, float16/32)"),
-    gallery: Path = typer.Option(..., "--gallery", help="gallery .npy (N x D, float16/32), read memory-mapped"),
+    queries: Optional[Path] = typer.Option(
+        None, "--queries",
+        help="queries .npy (N_q x D, float16/32) or embedding directory; omit with a gallery directory for intra",
+    ),
+    gallery: Path = typer.Option(
+        ..., "--gallery",
+        help="gallery .npy (N x D, float16/32, raw dot products) or embedding directory (parts allowed; "
+             "normalised as `vsbench score` does), read memory-mapped",
+    ),
     shard: str = typer.Option(..., "--shard", help="i/N: this process scores gallery rows [N_g*i//N, N_g*(i+1)//N)"),
     k: int = typer.Option(..., "--k", min=1, help="candidates kept per query"),
     out: Path = typer.Option(..., "--out", help="shard file (.npz) to write"),
@@ -197,23 +215,22 @@ def search_shard_command(
     engine: str = typer.Option("auto", help="GEMM engine: auto (calibrated), torch, numpy"),
 ) -> None:
     """Exact top-K of every query within one contiguous gallery shard; `vsbench search-merge`
-    combines the shard files into the single-process result."""
-    import numpy as np
-
-    from services.evaluator.sharded_search import Shard, load_exclude, load_matrix, search_shard, write_npz
+    combines the shard files into the single-process result, and `vsbench score --ranked` scores
+    it when the inputs were embedding directories."""
+    from services.evaluator.sharded_search import Shard, open_search_inputs, search_shard, write_npz
 
     check_engine(engine)
     spec = Shard.parse(shard)
     if out.exists():
         fail(f"{out} already exists; results are never overwritten")
-    q = load_matrix(queries, "queries")
-    g = load_matrix(gallery, "gallery")
-    ex = None if exclude is None else load_exclude(exclude)
-    arrays = search_shard(np.asarray(q, dtype=np.float32), g, spec, k, exclude=ex, engine=engine)
+    inputs = open_search_inputs(queries, gallery, exclude)
+    arrays = search_shard(inputs.queries, inputs.gallery, spec, k, exclude=inputs.exclude, engine=engine,
+                          normalize=inputs.normalize)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the first of N pods to finish makes the shards folder
     write_npz(out, arrays)
     console.print(
         f"shard {spec.index}/{spec.count}: gallery rows {int(arrays['start'])}..{int(arrays['stop'])}, "
-        f"{q.shape[0]} queries, k={k} -> {out}",
+        f"{inputs.queries.shape[0]} queries, k={k} -> {out}",
         highlight=False,
     )
 
@@ -221,15 +238,17 @@ def search_shard_command(
 @app.command("search-merge")
 def search_merge_command(
     parts: list[Path] = typer.Argument(..., help="every shard file of one search (part-*.npz), or their folder"),
-    out: Path = typer.Option(..., "--out", help="top-K file (.npz: indices, scores) to write"),
+    out: Path = typer.Option(
+        ..., "--out", help="top-K file (.npz: indices, scores, and what the shards searched) to write"
+    ),
 ) -> None:
     """Merge `vsbench search-shard` files into the final top-K (score desc, gallery position asc)."""
-    from services.evaluator.sharded_search import merge_shards, shard_files, topk_arrays, write_npz
+    from services.evaluator.sharded_search import merge_shard_files, shard_files, topk_arrays, write_npz
 
     if out.exists():
         fail(f"{out} already exists; results are never overwritten")
     files = shard_files(parts)
-    top = merge_shards(files)
-    write_npz(out, topk_arrays(top))
+    top, facts = merge_shard_files(files)
+    write_npz(out, topk_arrays(top, facts))
     console.print(f"merged {len(files)} shard files: {top.indices.shape[0]} queries, k={top.indices.shape[1]} -> {out}",
                   highlight=False)

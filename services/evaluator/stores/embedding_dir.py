@@ -17,6 +17,12 @@ NPZ format does); an id written twice keeps its last vector.
 `EmbeddingDirStore.reader(gallery, queries)` serves splits already on disk (a directory or an
 .npz file each) read-only: `matrix()` over the whole gallery in file order is the memmap itself,
 sliced; everything else goes through an id -> row map built on first use.
+
+Parts: a split directory may instead hold `part-*/` subdirectories, each a complete embedding
+directory (what `vsbench embed --part i/N` writes, one per pod of an Indexed Job). `read_split`
+concatenates them in name order into one split whose vectors are a `PartsMatrix`: each part stays
+memory-mapped, and nothing is copied unless a slice spans parts. Parts must agree on dim, dtype and
+model fingerprint, and an id may appear in only one part.
 """
 
 from __future__ import annotations
@@ -52,10 +58,100 @@ DATASET_KEY = b"vsbench.dataset"
 SPLIT_DIRS = {"gallery": "gallery", "query": "queries"}
 _SPLIT_CODES = {"gallery": 0, "query": 1}  # a byte per row, not a string
 _PARTIAL = ".partial"
+PART_PREFIX = "part-"
 _PARTIAL_META = "collection.json"
 # Rows per block handed to the search: 64k x 1024-d float16 is 128 MiB of the memmap.
 BLOCK_ROWS = 65536
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+
+
+class PartsMatrix:
+    """A read-only N x D matrix over several (memory-mapped) matrices stacked in order: the
+    vectors of a split written in parts. Row slices are views of one part's memmap unless they
+    span parts (then a copy of just those rows); integer or boolean indexing gathers a copy."""
+
+    ndim = 2
+
+    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+        if not parts:
+            raise ValueError("PartsMatrix needs at least one part")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [int(p.shape[0]) for p in self.parts])
+        self.shape = (int(self.offsets[-1]), int(self.parts[0].shape[1]))
+        self.dtype = self.parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"PartsMatrix({len(self.parts)} parts, shape={self.shape}, dtype={self.dtype})"
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= row < self.shape[0]:
+                raise IndexError(f"row {int(key)} out of range for {self.shape[0]} rows")
+            part = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            return self.parts[part][row - self.offsets[part]]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step == 1:
+                return self._range(start, max(start, stop))
+            return self.gather(np.arange(start, stop, step))
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            if rows.shape != (self.shape[0],):
+                raise IndexError(f"boolean index of shape {rows.shape} for {self.shape[0]} rows")
+            rows = np.flatnonzero(rows)
+        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+            raise IndexError(f"PartsMatrix takes an int, a slice, or a 1-D integer/boolean index, not {key!r}")
+        return self.gather(rows)
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        pieces = [self.parts[p][max(start, lo) - lo : min(stop, hi) - lo]
+                  for p, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])) if lo < stop and hi > start]
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            return np.empty((0, self.shape[1]), dtype=self.dtype)
+        return np.concatenate(pieces)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows (any order, repeats allowed, negative counted from the end), a copy."""
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.where(rows < 0, rows + self.shape[0], rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        out = np.empty((rows.size, self.shape[1]), dtype=self.dtype)
+        owner = np.searchsorted(self.offsets, rows, side="right") - 1
+        for part in np.unique(owner):
+            mask = owner == part
+            out[mask] = self.parts[part][rows[mask] - self.offsets[part]]
+        return out
+
+    def blocks(self, start: int = 0, stop: int | None = None, rows: int = 0) -> Iterator[np.ndarray]:
+        """Rows [start, stop) as views of the parts' memmaps, at most `rows` per block (0: a part)."""
+        stop = self.shape[0] if stop is None else stop
+        for p, (lo, hi) in enumerate(zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())):
+            a, b = max(start, lo), min(stop, hi)
+            step = rows or max(1, b - a)
+            for s in range(a, b, step):
+                yield self.parts[p][s - lo : min(b, s + step) - lo]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self._range(0, self.shape[0])
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def matrix_blocks(vectors: "np.ndarray | PartsMatrix", start: int = 0, stop: int | None = None,
+                  rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+    """Rows [start, stop) of a split's vectors in blocks of at most `rows`, never spanning parts."""
+    if isinstance(vectors, PartsMatrix):
+        yield from vectors.blocks(start, stop, rows)
+        return
+    stop = vectors.shape[0] if stop is None else stop
+    for s in range(start, stop, rows):
+        yield vectors[s : min(stop, s + rows)]
 
 
 @dataclass(frozen=True)
@@ -64,7 +160,7 @@ class EmbeddingSplit:
     ids and labels as Arrow string columns."""
 
     path: Path
-    vectors: np.ndarray
+    vectors: "np.ndarray | PartsMatrix"
     ids: pa.Array
     labels: pa.Array
     fingerprint: str = ""
@@ -77,9 +173,29 @@ class EmbeddingSplit:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
+    @property
+    def parts(self) -> int:
+        """How many part directories the split was read from (1 for a single directory or .npz)."""
+        return len(self.vectors.parts) if isinstance(self.vectors, PartsMatrix) else 1
+
+
+def part_dirs(path: Path) -> list[Path]:
+    """The `part-*` embedding directories under `path`, in name order (the concatenation order)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted((p for p in path.iterdir() if p.name.startswith(PART_PREFIX) and p.is_dir()), key=lambda p: p.name)
+
+
+def part_name(index: int) -> str:
+    """part-00003: zero-padded so that name order is index order."""
+    return f"{PART_PREFIX}{index:05d}"
+
 
 def is_embedding_dir(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / EMBEDDINGS_FILE).is_file()
+    """A single embedding directory, or one of parts (`part-*/` subdirectories)."""
+    path = Path(path)
+    return path.is_dir() and ((path / EMBEDDINGS_FILE).is_file() or bool(part_dirs(path)))
 
 
 def read_split(path: Path, role: str) -> EmbeddingSplit:
@@ -87,7 +203,13 @@ def read_split(path: Path, role: str) -> EmbeddingSplit:
     StoreError with one line naming the file and the problem."""
     path = Path(path)
     if path.is_dir():
-        return _read_dir(path, role)
+        parts = part_dirs(path)
+        if not parts:
+            return _read_dir(path, role)
+        if (path / EMBEDDINGS_FILE).exists():
+            raise StoreError(f"{role} directory {path} holds both {EMBEDDINGS_FILE} and part-*/ directories; "
+                             "keep one layout")
+        return _read_parts(path, parts, role)
     if not path.exists():
         raise StoreError(f"{role} {path} does not exist")
     return _read_npz(path, role)
@@ -120,6 +242,30 @@ def _read_dir(path: Path, role: str) -> EmbeddingSplit:
         dataset=metadata.get(DATASET_KEY, b"").decode("utf-8", "replace"),
         model=metadata.get(MODEL_KEY, b"").decode("utf-8", "replace"),
     ), role)
+
+
+def _read_parts(path: Path, parts: list[Path], role: str) -> EmbeddingSplit:
+    """One split from its part directories, concatenated in name order; each part stays mapped."""
+    splits = [_read_dir(part, role) for part in parts]
+    first = splits[0]
+    for part, split in zip(parts[1:], splits[1:]):
+        for what, mine, theirs in (("dim", split.dim, first.dim), ("dtype", split.vectors.dtype, first.vectors.dtype),
+                                   ("model fingerprint", split.fingerprint, first.fingerprint)):
+            if mine != theirs:
+                raise StoreError(f"{role} {path}: {part.name} has {what} {mine or '(none)'}, {parts[0].name} "
+                                 f"has {theirs or '(none)'}; all parts of a split come from one model")
+    ids = pa.concat_arrays([s.ids for s in splits])
+    duplicate = first_duplicate(ids)
+    if duplicate is not None:
+        offsets = np.cumsum([0] + [len(s.ids) for s in splits])
+        where = [f"{parts[p].name} row {row - offsets[p]}"
+                 for row in duplicate[1:] for p in [int(np.searchsorted(offsets, row, side="right")) - 1]]
+        raise StoreError(f"{role} {path}: id {duplicate[0]!r} appears twice ({where[0]} and {where[1]})")
+    return EmbeddingSplit(
+        path=path, vectors=PartsMatrix([s.vectors for s in splits]), ids=ids,
+        labels=pa.concat_arrays([s.labels for s in splits]), fingerprint=first.fingerprint,
+        dataset=next((s.dataset for s in splits if s.dataset), ""), model=next((s.model for s in splits if s.model), ""),
+    )
 
 
 def _read_npz(path: Path, role: str) -> EmbeddingSplit:
@@ -235,8 +381,13 @@ class EmbeddingDirStore:
     """VectorStore over embedding directories; see the module docstring. One collection, whatever
     its name (as NpzStore.single)."""
 
-    def __init__(self, path: str | Path, *, dtype: str = "float32", model: str = "") -> None:
+    def __init__(self, path: str | Path, *, dtype: str = "float32", model: str = "", part: int | None = None) -> None:
+        """`part`: write (and resume) only DIR/gallery/part-<part>/ and DIR/queries/part-<part>/,
+        one pod's share of a split written in parts (`vsbench embed --part i/N`)."""
         self.path = Path(path)
+        if part is not None and (isinstance(part, bool) or not isinstance(part, int) or part < 0):
+            raise StoreError(f"part must be an integer >= 0, got {part!r}")
+        self.part = part
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DTYPES:
             raise StoreError(f"embedding directories hold float16 or float32, not {dtype}")
@@ -264,7 +415,7 @@ class EmbeddingDirStore:
         return store
 
     def __repr__(self) -> str:
-        return f"EmbeddingDirStore({str(self.path)!r})"
+        return f"EmbeddingDirStore({str(self.path)!r}" + ("" if self.part is None else f", part={self.part}") + ")"
 
     def __enter__(self) -> "EmbeddingDirStore":
         return self
@@ -274,16 +425,30 @@ class EmbeddingDirStore:
 
     # -- paths and loading ---------------------------------------------------------------------
     def split_path(self, split: str) -> Path:
-        return self.path / SPLIT_DIRS[split]
+        whole = self.path / SPLIT_DIRS[split]
+        return whole if self.part is None else whole / part_name(self.part)
 
     @property
     def _partial(self) -> Path:
-        return self.path / _PARTIAL
+        return self.path / (_PARTIAL if self.part is None else f"{_PARTIAL}-{part_name(self.part)}")
+
+    def _check_layout(self) -> None:
+        """One layout per split directory: whole files, or part-*/ directories (read_split
+        refuses a mix, so writing one would spoil what is there)."""
+        for split in SPLIT_DIRS:
+            whole = self.path / SPLIT_DIRS[split]
+            if self.part is None and part_dirs(whole):
+                raise StoreError(f"{whole} holds part-*/ directories (written with --part); "
+                                 "write the rest with --part i/N too")
+            if self.part is not None and (whole / EMBEDDINGS_FILE).exists():
+                raise StoreError(f"{whole} holds a whole split ({EMBEDDINGS_FILE}); --part writes part-*/ "
+                                 "directories beside nothing else: use another OUT")
 
     def _load(self) -> list[_Segment] | None:
         """Final splits + unmerged chunks, or None when there is no collection yet."""
         if self._segments is not None:
             return self._segments
+        self._check_layout()
         segments: list[_Segment] = []
         meta: dict | None = None
         for split in SPLIT_DIRS:
@@ -466,9 +631,8 @@ class EmbeddingDirStore:
             for segment in segments:
                 if len(segment.ids) == len(image_ids) and segment.ids.equals(image_ids):
                     vectors = segment.vectors
-                    return StoredMatrix(
-                        stored=np.ones(len(image_ids), dtype=bool),
-                        blocks=lambda: (vectors[s : s + BLOCK_ROWS] for s in range(0, vectors.shape[0], BLOCK_ROWS)),
+                    return StoredMatrix(  # a split of parts: blocks per part, each a memmap slice
+                        stored=np.ones(len(image_ids), dtype=bool), blocks=lambda: matrix_blocks(vectors),
                     )
         return matrix_by_lookup(self, name, image_ids)
 
