@@ -274,7 +274,7 @@ def via_cli(args, path: Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from services.evaluator.stores.embedding_dir import write_split
+    from services.evaluator.embedding_files import write_split
 
     gallery = np.load(path, mmap_mode="r")
     rows, dim = gallery.shape

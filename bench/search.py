@@ -198,7 +198,7 @@ print(json.dumps({"best_s": min(best.values()), "seconds": best}))
 
 def bench_e2e(args) -> dict:
     """`vsbench score` as a user runs it vs one bare GEMM of the same product, paired per round."""
-    from services.evaluator.stores.embedding_dir import write_split
+    from services.evaluator.embedding_files import write_split
 
     rng = np.random.default_rng(1)
     n, dim, n_q = args.gallery, args.dim, args.e2e_queries

@@ -1,7 +1,7 @@
 """Precomputed embeddings: the `vsbench score` contract other tools rely on.
 
 Each split (gallery, and optionally queries) is either an embedding directory (embeddings.npy,
-memory-mapped, + items.parquet with `id`, `label`; stores/embedding_dir.py) or an .npz with the keys
+memory-mapped, + items.parquet with `id`, `label`; embedding_files.py) or an .npz with the keys
 `embeddings` (N x D float), `ids` (N unique strings), `labels` (N strings; "" = distractor).
 Without a query split it is intra retrieval over the gallery (every labelled gallery image queries
 the rest). Ids, labels and shapes are checked here, columnar; the vectors are checked (finite, not
@@ -24,7 +24,8 @@ from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, In
 from services.evaluator.datasets.base import Dataset, GalleryType, ImageRecord, Setup, Split
 from services.evaluator.datasets.columns import DatasetColumns, inter_columns, intra_columns
 from services.evaluator.stores._common import StoreError
-from services.evaluator.stores.embedding_dir import SPLIT_DIRS, EmbeddingDirStore, EmbeddingSplit, read_split
+from services.evaluator.embedding_files import SPLIT_DIRS, EmbeddingSplit, read_split
+from services.evaluator.stores.embedding_dir import EmbeddingDirStore
 
 
 class InputError(VsbenchError, ValueError):

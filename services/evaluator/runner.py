@@ -217,7 +217,7 @@ def embed_to_files(
 
     `part` (i, N): embed only shard i of N, the records `vsbench run --shard-index i --shard-count N`
     embeds (sharding.select_shard: by a hash of the image id), into OUT/gallery/part-<i>/ and
-    OUT/queries/part-<i>/; the N parts read back as one split (stores/embedding_dir.py)."""
+    OUT/queries/part-<i>/; the N parts read back as one split (embedding_files.py)."""
     from services.evaluator.clients.grpc import GrpcEmbeddingClient
     from services.evaluator.datasets.registry import load_dataset
     from services.evaluator.sharding import select_shard
@@ -262,7 +262,7 @@ def score_command_for(out: Path) -> str | None:
         if not out.exists():
             return None
         return f"vsbench score --gallery {out}" + (f" --queries {queries}" if queries.exists() else "") + " --out results.json"
-    from services.evaluator.stores.embedding_dir import SPLIT_DIRS, is_embedding_dir
+    from services.evaluator.embedding_files import SPLIT_DIRS, is_embedding_dir
 
     gallery, queries = out / SPLIT_DIRS["gallery"], out / SPLIT_DIRS["query"]
     if not is_embedding_dir(gallery):

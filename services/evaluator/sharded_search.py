@@ -12,7 +12,7 @@ checksum, whether vectors were L2-normalised), and the merge refuses files that 
 shard or repeat one. The merged top-k file keeps that record, so `vsbench score --ranked` can
 check it was computed from the very files it scores (`read_ranked`, `Ranked.topk_for`).
 
-Inputs are bare .npy matrices (raw dot products) or embedding directories (stores/embedding_dir.py,
+Inputs are bare .npy matrices (raw dot products) or embedding directories (embedding_files.py,
 parts included: the shard's rows are over the concatenated gallery), searched as `vsbench score`
 searches them: L2-normalised, and without queries every labelled gallery row queries the rest.
 
@@ -107,7 +107,7 @@ def open_search_inputs(queries: Path | None, gallery: Path, exclude: Path | None
     excluded, the same queries and exclusion `vsbench score --gallery DIR` uses."""
     from services.evaluator.datasets.columns import intra_columns
     from services.evaluator.stores._common import StoreError
-    from services.evaluator.stores.embedding_dir import read_split
+    from services.evaluator.embedding_files import read_split
 
     gallery, queries = Path(gallery), None if queries is None else Path(queries)
     if not gallery.is_dir():
@@ -194,7 +194,7 @@ def search_shard(
     `normalize`: L2-normalise queries and gallery rows (as `vsbench score` does); a gallery row
     that cannot be raises ShardError naming its global position."""
     from services.evaluator.search import UnusableGalleryRow
-    from services.evaluator.stores.embedding_dir import matrix_blocks
+    from services.evaluator.embedding_files import matrix_blocks
 
     exclude = _checked(queries, gallery, k, exclude)
     start, stop = shard.bounds(gallery.shape[0])

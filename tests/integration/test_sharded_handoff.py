@@ -17,7 +17,7 @@ from PIL import Image
 
 from services.evaluator.servers import embedder_process
 from services.evaluator.sharded_search import Shard
-from services.evaluator.stores.embedding_dir import part_dirs, read_split, write_split
+from services.evaluator.embedding_files import part_dirs, read_split, write_split
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,8 @@ import pytest
 from services.evaluator.datasets.columns import inter_columns, intra_columns
 from services.evaluator.precomputed import InputError, open_precomputed_inputs
 from services.evaluator.stores._common import StoreError
-from services.evaluator.stores.embedding_dir import EmbeddingDirStore, PartsMatrix, read_split, write_split
+from services.evaluator.embedding_files import PartsMatrix, read_split, write_split
+from services.evaluator.stores.embedding_dir import EmbeddingDirStore
 
 
 def vsbench(*args: str) -> subprocess.CompletedProcess:
