@@ -206,3 +206,33 @@ def matrix_by_lookup(store, name: str, image_ids, batch: int = MATRIX_BATCH) -> 
                 raise StoreError(f"{name}: {len(ids) - got} vectors vanished while being read")
 
     return StoredMatrix(stored=stored, blocks=blocks)
+
+
+def exact_hits(
+    name: str,
+    dim: int,
+    queries: np.ndarray,
+    k: int,
+    candidate_ids: Sequence[str],
+    vectors_of: Callable[[list[str]], np.ndarray],
+    exclude_ids: Sequence[str | None] | None = None,
+    tie_order: Mapping[str, int] | None = None,
+) -> list[list[Hit]]:
+    """search_exact of a store that holds its vectors itself (NPZ files, embedding directories):
+    exact dot products over the candidates, equal scores by `tie_order` (default: image id), as
+    the Qdrant stores rank them. vectors_of(ids) -> (len(ids), dim) float32 rows."""
+    from services.evaluator.search import exact_topk
+
+    q, excludes = check_queries(name, dim, queries, k, exclude_ids)
+    # Gallery order = the tie key, so exact_topk's "gallery position ascending" is the rule asked for.
+    order = (lambda i: (tie_order.get(i, len(tie_order)), i)) if tie_order is not None else None
+    candidates = sorted(candidate_ids, key=order)
+    if not candidates:
+        return [[] for _ in range(q.shape[0])]
+    position = {image_id: n for n, image_id in enumerate(candidates)}
+    exclude = np.array([position.get(ex, -1) if ex is not None else -1 for ex in excludes], dtype=np.int64)
+    topk = exact_topk(q, vectors_of(candidates), min(k, len(candidates)), exclude=exclude, engine="numpy")
+    return [
+        [Hit(candidates[int(i)], float(s)) for i, s in zip(topk.indices[row], topk.scores[row]) if i >= 0]
+        for row in range(q.shape[0])
+    ]

@@ -44,7 +44,7 @@ from services.evaluator.stores._common import (
     check_batch,
     check_fingerprint,
     check_name,
-    check_queries,
+    exact_hits,
     matrix_by_lookup,
 )
 from services.evaluator.stores.base import Hit, StoredMatrix, StoredVectors
@@ -333,23 +333,14 @@ class EmbeddingDirStore:
         tie_order: Mapping[str, int] | None = None,
     ) -> list[list[Hit]]:
         """Exact dot-product search over the stored (normalised) vectors; ties by `tie_order`, else id."""
-        from services.evaluator.search import exact_topk
-
         segments, rows = self._require(), self._row_map()
-        q, excludes = check_queries(name, self._meta["dim"], queries, k, exclude_ids)
         wanted = None if split is None else _SPLIT_CODES.get(split, -1)
         candidates = [i for i, (s, r) in rows.items() if wanted is None or segments[s].splits[r] == wanted]
-        candidates.sort(key=(lambda i: (tie_order.get(i, len(tie_order)), i)) if tie_order is not None else None)
-        if not candidates:
-            return [[] for _ in range(q.shape[0])]
-        position = {image_id: n for n, image_id in enumerate(candidates)}
-        gallery = np.stack([segments[s].vectors[r] for s, r in (rows[i] for i in candidates)]).astype(np.float32)
-        exclude = np.array([position.get(ex, -1) if ex is not None else -1 for ex in excludes], dtype=np.int64)
-        topk = exact_topk(q, gallery, min(k, len(candidates)), exclude=exclude, engine="numpy")
-        return [
-            [Hit(candidates[int(i)], float(s)) for i, s in zip(topk.indices[row], topk.scores[row]) if i >= 0]
-            for row in range(q.shape[0])
-        ]
+        return exact_hits(
+            name, self._meta["dim"], queries, k, candidates,
+            lambda ids: np.stack([segments[s].vectors[r] for s, r in (rows[i] for i in ids)]).astype(np.float32),
+            exclude_ids, tie_order,
+        )
 
     def count(self, name: str) -> int:
         return len(self._row_map())

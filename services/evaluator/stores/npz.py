@@ -30,7 +30,7 @@ from services.evaluator.stores._common import (
     check_batch,
     check_fingerprint,
     check_name,
-    check_queries,
+    exact_hits,
     matrix_by_lookup,
 )
 from services.evaluator.stores.base import Hit, StoredMatrix, StoredVectors
@@ -270,32 +270,13 @@ class NpzStore:
     ) -> list[list[Hit]]:
         """Exact dot-product search; equal scores by `tie_order` (default: image id), as the
         Qdrant stores do."""
-        from services.evaluator.search import exact_topk
-
         collection = self._require(name)
-        q, excludes = check_queries(name, collection.dim, queries, k, exclude_ids)
         candidates = [i for i, p in zip(collection.ids, collection.payloads) if split is None or p.get("split") == split]
-        # Gallery order = the tie key, so exact_topk's "gallery position ascending" is the rule asked for.
-        if tie_order is not None:
-            candidates.sort(key=lambda i: (tie_order.get(i, len(tie_order)), i))
-        else:
-            candidates.sort()
-        if not candidates:
-            return [[] for _ in range(q.shape[0])]
-        position = {image_id: n for n, image_id in enumerate(candidates)}
-        gallery = np.stack([collection.vectors[collection.rows[i]] for i in candidates]).astype(np.float32)
-        exclude = np.array([position.get(ex, -1) if ex is not None else -1 for ex in excludes], dtype=np.int64)
-        depth = min(k, len(candidates))
-        topk = exact_topk(q, gallery, depth, exclude=exclude, engine="numpy", normalize=False)
-        hits = []
-        for row in range(q.shape[0]):
-            ranked = [
-                Hit(candidates[int(i)], float(s))
-                for i, s in zip(topk.indices[row], topk.scores[row])
-                if i >= 0
-            ]
-            hits.append(ranked)
-        return hits
+        return exact_hits(
+            name, collection.dim, queries, k, candidates,
+            lambda ids: np.stack([collection.vectors[collection.rows[i]] for i in ids]).astype(np.float32),
+            exclude_ids, tie_order,
+        )
 
     def matrix(self, name: str, image_ids) -> StoredMatrix:
         return matrix_by_lookup(self, name, image_ids)
