@@ -242,15 +242,20 @@ def _fact(arrays: dict[str, np.ndarray], name: str):
     return None if value is None else value.item()
 
 
-def _read_shard(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, what: str, file_format: str, writer: str) -> dict[str, np.ndarray]:
+    """The arrays of a shard or ranking file, refused (ShardError) unless it is one."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError) as exc:
-        raise ShardError(f"shard file {path}: not a readable .npz ({exc})") from None
-    if str(arrays.get("format", "")) != SHARD_FORMAT:
-        raise ShardError(f"shard file {path}: not a {SHARD_FORMAT} file (written by `vsbench search-shard`)")
+        raise ShardError(f"{what} {path}: not a readable .npz ({exc})") from None
+    if str(arrays.get("format", "")) != file_format:
+        raise ShardError(f"{what} {path}: not a {file_format} file (written by `vsbench {writer}`)")
     return arrays
+
+
+def _read_shard(path: Path) -> dict[str, np.ndarray]:
+    return _read_npz(path, "shard file", SHARD_FORMAT, "search-shard")
 
 
 def shard_files(paths: Sequence[Path]) -> list[Path]:
@@ -345,13 +350,7 @@ class Ranked:
 def read_ranked(path: Path) -> Ranked:
     """A merged top-k file, checked for its format and its record (ShardError otherwise)."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as exc:
-        raise ShardError(f"ranking {path}: not a readable .npz ({exc})") from None
-    if str(arrays.get("format", "")) != TOPK_FORMAT:
-        raise ShardError(f"ranking {path}: not a {TOPK_FORMAT} file (written by `vsbench search-merge`)")
+    arrays = _read_npz(path, "ranking", TOPK_FORMAT, "search-merge")
     absent = [name for name in ("indices", "scores", *_AGREE) if name not in arrays]
     if absent:
         raise ShardError(f"ranking {path} lacks {', '.join(absent)} (merged by an older vsbench: merge the shard "
