@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
+from services.common.errors import ConfigError
 from services.evaluator import topk_keys
 from services.evaluator.search_engine import resolve_engine
 
@@ -338,12 +339,8 @@ def _scorer(engine: str, device: str | None, device_dtype: str = "float32"):
     """float32: the GPU scorer on a GPU, else the CPU one. float16 always takes the device scorer
     (on the CPU too), and needs the torch engine."""
     if device_dtype not in _CudaScorer.DTYPES:
-        from services.common.errors import ConfigError
-
         raise ConfigError(f"device_dtype must be one of {', '.join(_CudaScorer.DTYPES)}, got {device_dtype!r}")
     if device_dtype == "float16" and engine != "torch":
-        from services.common.errors import ConfigError
-
         raise ConfigError(f"a float16 gallery needs the torch engine (engine resolved to {engine!r})")
     if engine == "torch":
         import torch
