@@ -272,3 +272,38 @@ def test_part_store_writes_its_part_and_resumes(tmp_path):
     write_split(tmp_path / "whole" / "gallery", rows, ["a", "b", "c", "d"], ["", "", "", ""])
     with pytest.raises(StoreError, match="holds a whole split"):
         EmbeddingDirStore(tmp_path / "whole", part=0).ensure_collection("d__m", 4, "fp")
+
+
+def test_writing_holds_no_vectors_in_memory(tmp_path):
+    """`vsbench embed --out DIR` streams: 120 MB of vectors written in 256-row upserts leave the
+    writer's anonymous memory about where it started (the chunks are on disk until the merge,
+    which copies one chunk at a time)."""
+    script = f"""
+import numpy as np
+from services.evaluator.stores.embedding_dir import EmbeddingDirStore
+
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) * 1024
+
+store = EmbeddingDirStore({str(tmp_path / "out")!r})
+store.ensure_collection("c", 1024, "fp")
+rng = np.random.default_rng(0)
+batch = rng.standard_normal((256, 1024)).astype(np.float32)
+store.upsert("c", [f"warm{{i}}" for i in range(256)], batch, [{{"split": "gallery"}}] * 256)
+before = anon()
+for b in range(1, 118):
+    ids = [f"g{{b}}-{{i}}" for i in range(256)]
+    store.upsert("c", ids, batch + b, [{{"product_id": "p", "split": "gallery"}}] * 256)  # a new array each time
+during = anon()
+store.close()
+print(before, during, anon())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before, during, after = map(int, done.stdout.split())
+    written = 117 * 256 * 1024 * 4  # 117 MiB
+    assert during - before < written / 4, (before, during)
+    assert after - before < written / 4, (before, after)
+    assert np.load(tmp_path / "out" / "gallery" / "embeddings.npy", mmap_mode="r").shape == (118 * 256, 1024)

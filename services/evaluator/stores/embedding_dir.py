@@ -19,6 +19,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,12 +57,40 @@ _SPLIT_CODES = {"gallery": 0, "query": 1}  # a byte per row, not a string
 
 @dataclass
 class _Segment:
-    """Rows from one source, in order: a final split file or one chunk. `split` per row."""
+    """Rows from one source, in order: a final split file or one chunk. A chunk's vectors stay in
+    its file (`chunk`) and are read when needed, so an embed of any size holds none of them."""
 
-    vectors: np.ndarray
+    vectors: np.ndarray | None  # None: read from `chunk` on use
     ids: pa.Array
     labels: pa.Array
     splits: np.ndarray  # uint8 per row: _SPLIT_CODES
+    chunk: Path | None = None
+
+    def matrix(self):
+        if self.vectors is not None:
+            return self.vectors
+        with np.load(self.chunk, allow_pickle=False) as data:
+            return data["embeddings"]
+
+
+def _latest_rows(segments: list[_Segment]) -> list[np.ndarray]:
+    """Per segment, a mask of the rows holding the last vector written for their id, found by a
+    stable sort of all ids (columnar: no Python object per id, whatever the collection's size)."""
+    import pyarrow.compute as pc
+
+    keep = [np.ones(len(segment.ids), dtype=bool) for segment in segments]
+    sizes = [len(segment.ids) for segment in segments]
+    if sum(sizes) < 2:
+        return keep
+    ids = pa.concat_arrays([segment.ids for segment in segments])
+    order = pc.sort_indices(ids)  # stable: equal ids stay in write order
+    ranked = ids.take(order)
+    superseded = np.flatnonzero(pc.equal(ranked.slice(0, len(ids) - 1), ranked.slice(1)).to_numpy(zero_copy_only=False))
+    if superseded.size:
+        mask = np.concatenate(keep)
+        mask[order.to_numpy()[superseded]] = False  # a later row of the same id follows it
+        keep = np.split(mask, np.cumsum(sizes)[:-1])
+    return keep
 
 
 class EmbeddingDirStore:
@@ -155,9 +184,9 @@ class EmbeddingDirStore:
                                  "remove one of them")
             meta = {**(meta or {}), **partial_meta}
             for chunk in sorted(self._partial.glob("chunk-*.npz")):
-                data = np.load(chunk, allow_pickle=False)
-                segments.append(_Segment(data["embeddings"], string_column(data["ids"]),
-                                         string_column(data["labels"]), data["splits"].astype(np.uint8)))
+                with np.load(chunk, allow_pickle=False) as data:  # ids and labels only: vectors on use
+                    segments.append(_Segment(None, string_column(data["ids"]), string_column(data["labels"]),
+                                             data["splits"].astype(np.uint8), chunk=chunk))
                 self._unflushed += 1
         if meta is None:
             return None
@@ -238,11 +267,9 @@ class EmbeddingDirStore:
             np.savez(tmp, embeddings=arr, ids=np.array(ids), labels=np.array(labels),
                      splits=np.array(splits, dtype=np.uint8))
             os.replace(tmp, chunk)
-            self._segments.append(_Segment(arr, pa.array(ids, pa.string()), pa.array(labels, pa.string()),
-                                           np.array(splits, dtype=np.uint8)))
-            if self._rows is not None:
-                s = len(self._segments) - 1
-                self._rows.update((image_id, (s, r)) for r, image_id in enumerate(ids))
+            self._segments.append(_Segment(None, pa.array(ids, pa.string()), pa.array(labels, pa.string()),
+                                           np.array(splits, dtype=np.uint8), chunk=chunk))
+            self._rows = None  # rebuilt if asked again: an embed asks once, before writing
             self._unflushed += 1
 
     def flush(self) -> None:
@@ -255,34 +282,45 @@ class EmbeddingDirStore:
             self._write_final()
 
     def _write_final(self) -> None:
+        """One pass over the segments, each chunk read once, rows appended to the gallery and the
+        query writer; an id written more than once keeps its last row."""
         segments = self._segments
-        winners = self._row_map()
-        rewritten = len(winners) != sum(len(segment.ids) for segment in segments)
-        for split, code in _SPLIT_CODES.items():
-            # Per segment, the rows of this split that hold the last vector of their id.
-            keep = []
-            for s, segment in enumerate(segments):
-                rows = np.flatnonzero(segment.splits == code)
-                if rewritten:
-                    ids = segment.ids.to_pylist()
-                    rows = np.array([r for r in rows if winners[ids[r]] == (s, r)], dtype=np.int64)
-                keep.append(rows)
-            total = sum(k.size for k in keep)
-            target = self.split_path(split)
-            if total == 0:
-                shutil.rmtree(target, ignore_errors=True)
-                continue
-            meta = self._meta
-            with SplitWriter(target, total, meta["dim"], self.dtype, meta["fingerprint"],
-                              self.model or meta.get("model", ""), meta.get("dataset", "")) as out:
-                for segment, rows in zip(segments, keep):
+        keep = _latest_rows(segments)
+        meta = self._meta
+        with ExitStack() as stack:
+            writers: dict[int, SplitWriter] = {}
+            for split, code in _SPLIT_CODES.items():
+                target = self.split_path(split)
+                total = sum(int(((segment.splits == code) & mask).sum()) for segment, mask in zip(segments, keep))
+                if total == 0:
+                    shutil.rmtree(target, ignore_errors=True)
+                    continue
+                writers[code] = stack.enter_context(SplitWriter(
+                    target, total, meta["dim"], self.dtype, meta["fingerprint"],
+                    self.model or meta.get("model", ""), meta.get("dataset", ""),
+                ))
+            for segment, mask in zip(segments, keep):
+                vectors = segment.matrix()
+                for code, writer in writers.items():
+                    rows = np.flatnonzero((segment.splits == code) & mask)
                     for start in range(0, rows.size, BLOCK_ROWS):
                         part = rows[start : start + BLOCK_ROWS]
                         take = pa.array(part)
-                        out.append(np.asarray(segment.vectors[part]), segment.ids.take(take), segment.labels.take(take))
+                        writer.append(np.asarray(vectors[part]), segment.ids.take(take), segment.labels.take(take))
         shutil.rmtree(self._partial, ignore_errors=True)
         self._segments, self._rows, self._unflushed = None, None, 0
         self._load()  # the final files, memory-mapped
+
+    def _rows_of(self, segments: list[_Segment], where: Sequence[tuple[int, int]]) -> np.ndarray:
+        """float32 vectors at (segment, row) places, each segment read once."""
+        out = np.empty((len(where), self._meta["dim"]), dtype=np.float32)
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for i, (s, r) in enumerate(where):
+            wanted.setdefault(s, []).append((i, r))
+        for s, pairs in wanted.items():
+            places = np.array(pairs, dtype=np.int64)
+            out[places[:, 0]] = segments[s].matrix()[places[:, 1]]
+        return out
 
     # -- reads ---------------------------------------------------------------------------------
     def existing_ids(self, name: str, image_ids: Sequence[str]) -> set[str]:
@@ -301,7 +339,7 @@ class EmbeddingDirStore:
             where = [rows[i] for i in block]
             yield StoredVectors(
                 image_ids=block,
-                vectors=np.stack([segments[s].vectors[r] for s, r in where]).astype(np.float32),
+                vectors=self._rows_of(segments, where),
                 payloads=[self._payload(segments[s], r) for s, r in where],
             )
 
@@ -338,7 +376,7 @@ class EmbeddingDirStore:
         candidates = [i for i, (s, r) in rows.items() if wanted is None or segments[s].splits[r] == wanted]
         return exact_hits(
             name, self._meta["dim"], queries, k, candidates,
-            lambda ids: np.stack([segments[s].vectors[r] for s, r in (rows[i] for i in ids)]).astype(np.float32),
+            lambda ids: self._rows_of(segments, [rows[i] for i in ids]),
             exclude_ids, tie_order,
         )
 
