@@ -1,6 +1,7 @@
 """`vsbench score`: the precomputed-embeddings contract, run as users run it (the console script)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -151,3 +152,17 @@ def test_older_result_files_get_one_line_each(tmp_path):
     assert table.returncode == 0, table.stderr
     lines = [line for line in table.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "old.json" in lines[0] and "older vsbench (schema vsbench.score/v1)" in lines[0]
+
+
+def test_console_script_lets_openblas_threads_sleep_unless_told_otherwise(monkeypatch):
+    """`vsbench` sets OPENBLAS_THREAD_TIMEOUT before numpy loads (polling BLAS threads slowed the
+    search's selection); a value the user set is kept."""
+    import services.evaluator.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "app", lambda: seen.append(os.environ.get("OPENBLAS_THREAD_TIMEOUT")))
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    cli.main()
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "12")
+    cli.main()
+    assert seen == ["4", "12"]

@@ -1,5 +1,5 @@
 """`python -m services.evaluator.cli`: the same as the `vsbench` console script."""
 
-from services.evaluator.cli import app
+from services.evaluator.cli import main
 
-app()
+main()
