@@ -25,13 +25,13 @@ from typing import Self
 import numpy as np
 
 from services.evaluator.stores._common import (
-    matrix_by_lookup,
     RawHit,
     StoreError,
     check_batch,
     check_fingerprint,
     check_name,
     check_queries,
+    matrix_by_lookup,
     ranked_search,
     stored_block,
 )
