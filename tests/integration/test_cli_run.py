@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from services.evaluator.results import load_results, read_query_outcomes
 from services.evaluator.servers import embedder_process
+from tests.fakes.images import write_product_folder
 
 
 def vsbench(*args, cwd=None):
@@ -23,14 +23,8 @@ def vsbench(*args, cwd=None):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("parts")
-    rng = np.random.default_rng(11)
-    for p in range(8):
-        base = rng.integers(0, 256, 3)
-        for split, count in (("gallery", 2), ("query", 1)):
-            (root / split / f"part{p}").mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 10, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / f"part{p}" / f"{i}.jpg", quality=90)
+    write_product_folder(root, products=8, seed=11, per_split=(("gallery", 2), ("query", 1)), size=40,
+                         folder="part{}", image="{}.jpg", quality=90)
     return root
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from PIL import Image
 
 from services.evaluator.clients.grpc import GrpcEmbeddingClient
 from services.evaluator.datasets.registry import load_dataset
@@ -23,6 +22,7 @@ from services.evaluator.pipeline import Evaluation, EvaluationOptions
 from services.evaluator.servers import embedder_process
 from services.evaluator.stores.embedding_dir import EmbeddingDirStore
 from services.evaluator.stores.npz import NpzStore
+from tests.fakes.images import write_product_folder
 
 
 def vsbench(*args, cwd=None):
@@ -37,14 +37,7 @@ def free_port() -> int:
 
 
 def make_folder(root, products=6):
-    rng = np.random.default_rng(5)
-    for p in range(products):
-        base = rng.integers(0, 256, 3)
-        for split, count in (("gallery", 3), ("query", 1)):
-            (root / split / f"p{p}").mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 10, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / f"p{p}" / f"{i}.png")
+    write_product_folder(root, products=products, seed=5)
     return root
 
 

@@ -18,6 +18,7 @@ from services.evaluator.pipeline import Evaluation, EvaluationOptions, collectio
 from services.evaluator.results import load_results, read_query_outcomes
 from services.evaluator.servers import embedder_process
 from services.evaluator.stores.registry import open_store
+from tests.fakes.images import write_product_folder
 
 PRODUCTS = 12
 
@@ -33,15 +34,8 @@ def folder_dataset(tmp_path_factory):
     """Products are colour families; gallery and query images are noisy variants of them.
     One query file is corrupt and one gallery product has a distractor look-alike."""
     root = tmp_path_factory.mktemp("ds")
-    rng = np.random.default_rng(3)
-    for p in range(PRODUCTS):
-        base = rng.integers(0, 256, 3)
-        for split, count in (("gallery", 3), ("query", 2)):
-            folder = root / split / f"p{p:02d}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 12, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    rng = write_product_folder(root, products=PRODUCTS, seed=3, per_split=(("gallery", 3), ("query", 2)), noise=12,
+                               folder="p{:02d}")
     (root / "distractors").mkdir()
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "distractors" / f"d{i}.png")

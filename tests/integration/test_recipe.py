@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from services.evaluator.config import RunSpec
 from services.evaluator.published import load_published
+from tests.fakes.images import write_product_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,14 +26,7 @@ def vsbench(*args, cwd=None):
 
 
 def make_folder(root: Path, products: int = 4) -> Path:
-    rng = np.random.default_rng(7)
-    for p in range(products):
-        base = rng.integers(0, 256, 3)
-        for split, count in (("gallery", 2), ("query", 1)):
-            (root / split / f"p{p}").mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 10, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / f"p{p}" / f"{i}.png")
+    write_product_folder(root, products=products, seed=7, per_split=(("gallery", 2), ("query", 1)))
     return root
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from services.evaluator.embedding_files import part_dirs, read_split, write_split
 from services.evaluator.servers import embedder_process
 from services.evaluator.sharded_search import Shard
-from services.evaluator.embedding_files import part_dirs, read_split, write_split
+from tests.fakes.images import write_product_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,14 +174,7 @@ def test_ranked_refuses_a_ranking_of_other_files_or_too_shallow(tmp_path):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(11)
-    for p in range(8):
-        base = rng.integers(0, 256, 3)
-        for split, count in (("gallery", 3), ("query", 1)):
-            (root / split / f"part{p}").mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 10, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / f"part{p}" / f"{i}.jpg", quality=90)
+    write_product_folder(root, products=8, seed=11, size=40, folder="part{}", image="{}.jpg", quality=90)
     return root
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import socket
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from services.evaluator.stores._common import FingerprintMismatch
+from tests.fakes.images import write_product_folder
 from tests.fakes.vendors import CohereVendor, FakeVendorServer
 from tests.integration.test_proxy_server import DIM, GRPC_TOKEN, VENDOR_KEY, start_proxy
 
@@ -27,15 +26,8 @@ def free_port() -> int:
 
 
 def make_folder_dataset(root, products: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for p in range(products):
-        base = rng.integers(0, 256, 3)
-        for split, count in (("gallery", 2), ("query", 1)):
-            folder = root / split / f"p{p:02d}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    write_product_folder(root, products=products, seed=seed, per_split=(("gallery", 2), ("query", 1)), size=40,
+                         noise=20, folder="p{:02d}")
 
 
 def write_config(path, *, store, results, datasets, models, **extra) -> None:
