@@ -8,8 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from tests.hub_processors import (  # noqa: F401 - IMAGENET_*: also imported from here by unit tests
+    DINOV2_PROCESSOR,
+    DINOV3_PROCESSOR,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SIGLIP_384_PROCESSOR,
+)
+
 TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 TINY_WIDTH = TINY_VIT["hidden_size"]
 
@@ -25,24 +31,7 @@ def build_dinov2(directory: Path) -> Any:
         transformers.Dinov2Config(image_size=224, patch_size=14, **TINY_VIT)
     ).eval()
     model.save_pretrained(directory)
-    # facebook/dinov2-large's preprocessor_config.json
-    save_processor_config(
-        directory,
-        {
-            "image_processor_type": "BitImageProcessor",
-            "do_resize": True,
-            "size": {"shortest_edge": 256},
-            "resample": 3,
-            "do_center_crop": True,
-            "crop_size": {"height": 224, "width": 224},
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": IMAGENET_MEAN,
-            "image_std": IMAGENET_STD,
-            "do_convert_rgb": True,
-        },
-    )
+    save_processor_config(directory, DINOV2_PROCESSOR)  # facebook/dinov2-large's
     return model
 
 
@@ -52,21 +41,7 @@ def build_dinov3(directory: Path) -> Any:
     config = transformers.DINOv3ViTConfig(image_size=224, patch_size=16, num_register_tokens=4, **TINY_VIT)
     model = transformers.DINOv3ViTModel(config).eval()
     model.save_pretrained(directory)
-    # facebook/dinov3-vitl16-pretrain-lvd1689m's preprocessor_config.json
-    save_processor_config(
-        directory,
-        {
-            "image_processor_type": "DINOv3ViTImageProcessorFast",
-            "do_resize": True,
-            "size": {"height": 224, "width": 224},
-            "resample": 2,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": IMAGENET_MEAN,
-            "image_std": IMAGENET_STD,
-        },
-    )
+    save_processor_config(directory, DINOV3_PROCESSOR)  # facebook/dinov3-vitl16-pretrain-lvd1689m's
     return model
 
 
@@ -79,20 +54,7 @@ def build_siglip(directory: Path) -> Any:
     )
     model = transformers.SiglipModel(config).eval()  # the FixRes checkpoints' class (model_type siglip)
     model.save_pretrained(directory)
-    save_processor_config(
-        directory,
-        {
-            "image_processor_type": "SiglipImageProcessor",
-            "do_resize": True,
-            "size": {"height": 384, "width": 384},
-            "resample": 2,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": [0.5, 0.5, 0.5],
-            "image_std": [0.5, 0.5, 0.5],
-        },
-    )
+    save_processor_config(directory, SIGLIP_384_PROCESSOR)
     return model
 
 

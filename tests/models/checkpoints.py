@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.hub_processors import DINOV2_PROCESSOR, DINOV3_PROCESSOR, SIGLIP_384_PROCESSOR
 from tests.models.parity import SEED
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 @dataclass(frozen=True)
@@ -42,34 +40,9 @@ DINOV2_LARGE = HFCheckpoint(
         qkv_bias=True,
         use_swiglu_ffn=False,
     ),
-    processor={
-        "image_processor_type": "BitImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": 256},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": 224, "width": 224},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": IMAGENET_MEAN,
-        "image_std": IMAGENET_STD,
-        "do_convert_rgb": True,
-    },
+    processor=DINOV2_PROCESSOR,
 )
 
-# facebook/dinov3-vitl16-pretrain-lvd1689m preprocessor_config.json.
-DINOV3_PROCESSOR = {
-    "image_processor_type": "DINOv3ViTImageProcessorFast",
-    "do_resize": True,
-    "size": {"height": 224, "width": 224},
-    "resample": 2,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": IMAGENET_MEAN,
-    "image_std": IMAGENET_STD,
-}
 # facebook/dinov3-vitl16-pretrain-lvd1689m config.json. layerscale_value there (1e-5) is only the
 # initial gamma: trained gammas are far larger, and at 1e-5 a random network would be the identity
 # through all 24 blocks, so the random checkpoint starts them at 1.0.
@@ -127,17 +100,7 @@ SIGLIP2_SO400M_384 = HFCheckpoint(
         ),
     ),
     # The checkpoint's preprocessor_config.json (the values shipped_specs' note states).
-    processor={
-        "image_processor_type": "SiglipImageProcessor",
-        "do_resize": True,
-        "size": {"height": 384, "width": 384},
-        "resample": 2,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-    },
+    processor=SIGLIP_384_PROCESSOR,
 )
 
 
