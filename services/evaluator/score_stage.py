@@ -60,8 +60,9 @@ class _Stored:
     gallery_rows: np.ndarray  # dataset gallery positions that have a vector, ascending
     query_rows: np.ndarray  # dataset query positions that have a vector, ascending
     raw_queries: np.ndarray  # (len(query_rows), dim) float32 as stored (the search normalises them)
-    query_vectors: np.ndarray  # the same, L2-normalised
+    query_vectors: np.ndarray  # the same, L2-normalised (both filled by _read_queries)
     exclude: np.ndarray | None  # intra: per stored query, its own position among gallery_rows
+    queries: StoredMatrix | None = None  # inter: the query split's vectors, read after the failure check
 
 
 def score_stage(
@@ -129,6 +130,7 @@ def score_stage(
         })
         return write_run(results_dir, record, None, path=out)
 
+    _read_queries(stored, collection, columns, info.dim)
     gallery_codes = columns.gallery_codes[stored.gallery_rows]
     query_codes = columns.query_codes[stored.query_rows]
     depth = max(max(opts.recall_k), max(opts.map_k))
@@ -194,35 +196,40 @@ def _ranked(ranked: "Ranked", columns: DatasetColumns, stored: _Stored, dim: int
 
 
 def _stored(store: VectorStore, collection: str, columns: DatasetColumns, dim: int, *, exists: bool) -> _Stored:
+    """Which gallery and query rows have vectors (no vector is read yet: a failed run needs none)."""
+    empty, no_vectors = np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
     if not exists:
-        empty, no_vectors = np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
         return _Stored(None, empty, empty, no_vectors, no_vectors, None)
     gallery = store.matrix(collection, columns.gallery_ids)
     gallery_rows = np.flatnonzero(gallery.stored)
     if columns.intra:
-        # The queries are gallery images: their vectors are gathered from the gallery's blocks.
         positions = columns.query_positions
         query_rows = np.flatnonzero(gallery.stored[positions])
         among_stored = np.full(len(columns.gallery_ids), -1, dtype=np.int64)
         among_stored[gallery_rows] = np.arange(gallery_rows.size)
-        exclude = among_stored[positions[query_rows]]
-        vectors = _gather(gallery.blocks(), exclude, dim)
+        return _Stored(gallery, gallery_rows, query_rows, no_vectors, no_vectors, among_stored[positions[query_rows]])
+    queries = store.matrix(collection, columns.query_ids)
+    return _Stored(gallery, gallery_rows, np.flatnonzero(queries.stored), no_vectors, no_vectors, None, queries)
+
+
+def _read_queries(stored: _Stored, collection: str, columns: DatasetColumns, dim: int) -> None:
+    """The stored query vectors into `stored`, checked (finite, not zero) and normalised."""
+    if columns.intra:
+        # The queries are gallery images: their vectors are gathered from the gallery's blocks.
+        vectors = _gather(stored.gallery.blocks(), stored.exclude, dim)
     else:
-        queries = store.matrix(collection, columns.query_ids)
-        query_rows = np.flatnonzero(queries.stored)
-        exclude = None
-        blocks = [np.asarray(b, dtype=np.float32) for b in queries.blocks()]
+        blocks = [np.asarray(b, dtype=np.float32) for b in stored.queries.blocks()]
         vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1)
     bad = ~(np.isfinite(norms) & (norms > 0))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        at = int(query_rows[row])
+        at = int(stored.query_rows[row])
         why = "is a zero vector" if norms[row] == 0 else "has NaN or inf values"
         # In intra retrieval a query is a gallery image: name its gallery row.
         where = f"gallery row {int(columns.query_positions[at])}" if columns.intra else f"query row {at}"
         raise UnusableStoredVector(f"{collection}: {where} (id {columns.query_ids[at].as_py()!r}) {why}")
-    return _Stored(gallery, gallery_rows, query_rows, vectors, l2_normalize(vectors), exclude)
+    stored.raw_queries, stored.query_vectors = vectors, l2_normalize(vectors)
 
 
 def _gather(blocks: Iterator[np.ndarray], rows: np.ndarray, dim: int) -> np.ndarray:
