@@ -62,9 +62,6 @@ class PrecomputedDataset(Dataset):
     def columns(self) -> DatasetColumns:
         return self.precomputed
 
-    def counts(self) -> dict[str, int]:
-        return self.precomputed.counts()
-
     def gallery(self) -> list[ImageRecord]:
         c = self.precomputed
         labels = c.products.take(pa.array(np.maximum(c.gallery_codes, 0))).to_pylist()

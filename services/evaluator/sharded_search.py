@@ -133,8 +133,7 @@ def open_search_inputs(queries: Path | None, gallery: Path, exclude: Path | None
         query_split = read_split(queries, "queries")
     except StoreError as exc:
         raise ShardError(str(exc)) from None
-    return SearchInputs(np.asarray(query_split.vectors[0 : query_split.vectors.shape[0]], dtype=np.float32),
-                        split.vectors, None, True)
+    return SearchInputs(np.asarray(query_split.vectors, dtype=np.float32), split.vectors, None, True)
 
 
 def _checksum(array: np.ndarray | None) -> str:

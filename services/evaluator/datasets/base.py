@@ -95,15 +95,7 @@ class Dataset:
         return [r for r in self.records if r.split is Split.QUERY]
 
     def counts(self) -> dict[str, int]:
-        gallery = self.gallery()
-        queries = self.queries()
-        return {
-            "query_images": len(queries),
-            "gallery_images": len(gallery),
-            "query_products": len({r.product_id for r in queries}),
-            "gallery_products": len({r.product_id for r in gallery if not r.is_distractor}),
-            "distractors": sum(r.is_distractor for r in gallery),
-        }
+        return self.columns().counts()
 
     def columns(self) -> "DatasetColumns":
         """Ids and labels as columns (datasets/columns.py): all that scoring reads of a dataset."""
