@@ -21,7 +21,7 @@ from services.evaluator.analytics.options import AnalysisOptions
 from services.evaluator.clients.base import EmbeddingClient, EmbeddingServiceError
 from services.evaluator.datasets.base import Dataset, ImageRecord, Setup, Split
 from services.evaluator.results import RunResult, path_segment
-from services.evaluator.score_stage import score_stage, versions  # noqa: F401 - versions: re-exported
+from services.evaluator.score_stage import score_stage
 from services.evaluator.stores.base import VectorStore
 
 if TYPE_CHECKING:

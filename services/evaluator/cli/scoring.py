@@ -163,7 +163,7 @@ def _print_ilias_extras(summary: dict) -> None:
 def _write_summary_record(summary: dict, outcomes, out: Path, model_name: str):
     """A RunRecord from a scorer that works outside the embedding loop (ILIAS's published
     features: no images, no embedding service)."""
-    from services.evaluator.pipeline import versions
+    from services.evaluator.score_stage import versions
     from services.evaluator.record import (
         DatasetRecord, GalleryCounts, ModelRecord, ProtocolRecord, QueryCounts, RunRecord,
     )
