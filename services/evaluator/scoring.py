@@ -7,12 +7,15 @@ compute every number the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
 from services.evaluator import metrics
 from services.evaluator.search import TIE_RULE, TopK
+
+if TYPE_CHECKING:
+    from services.evaluator.results import QueryOutcome
 
 NORMALIZATION = "L2-normalised float32 before indexing (also when the model already normalises)"
 

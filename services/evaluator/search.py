@@ -19,7 +19,6 @@ otherwise whichever CPU GEMM a short calibration found faster on this machine (s
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor

@@ -113,7 +113,7 @@ def test_ranked_inter_scoring_over_parts_equals_plain_score_with_ties(tmp_path):
     assert_same_scoring(ranked, plain, 3)
     # the case that matters happens: a query's 10th score ties with rows in another shard
     with np.load(topk) as data:
-        indices, scores = data["indices"], data["scores"]
+        scores = data["scores"]
     bounds = [Shard(i, 3).bounds(len(gallery)) for i in range(3)]
     shard_of = lambda position: next(i for i, (a, b) in enumerate(bounds) if a <= position < b)  # noqa: E731
     normed = queries / np.linalg.norm(queries, axis=1, keepdims=True)
