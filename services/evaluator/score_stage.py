@@ -141,15 +141,16 @@ def score_stage(
         topk = _search_qdrant(store, collection, columns, stored, depth)
         search_desc = "Qdrant exact search (SearchParams(exact=True), Distance.DOT)"
     else:
+        engine = resolve_engine(opts.engine)
         try:
             topk = exact_topk(stored.raw_queries, stored.gallery.blocks(), depth, exclude=stored.exclude,
-                              engine=opts.engine, normalize=True)
+                              engine=engine, normalize=True)
         except UnusableGalleryRow as exc:
             row = int(stored.gallery_rows[exc.position])
             raise UnusableStoredVector(
                 f"{collection}: gallery row {row} (id {columns.gallery_ids[row].as_py()!r}) {exc.why}"
             ) from None
-        search_desc = f"exact blocked matmul over vectors read back from the store ({resolve_engine(opts.engine)})"
+        search_desc = f"exact blocked matmul over vectors read back from the store ({engine})"
     search_s = time.perf_counter() - search_started
 
     scores = score_topk(
