@@ -215,20 +215,30 @@ def test_cache_location_follows_xdg():
 
 
 # ---- normalising while searching -----------------------------------------------------------------
-def test_normalize_on_the_fly_equals_normalising_first_bit_for_bit_and_names_a_bad_row():
+# cast_bytes: the whole block cast at once, or in 700-row slices (not a multiple of the 1,024-row
+# prepare step) multiplied into their columns of the tile; query_block 40 scans each block once
+# (cast slice by slice), 16 three times (cast whole, kept for the next query block).
+@pytest.mark.parametrize("cast_bytes", [1 << 30, 4 * 48 * 700])
+@pytest.mark.parametrize("query_block", [40, 16])
+def test_normalize_on_the_fly_equals_normalising_first_bit_for_bit_and_names_a_bad_row(
+    cast_bytes, query_block, monkeypatch
+):
+    from services.evaluator import search
     from services.evaluator.search import UnusableGalleryRow, exact_topk, l2_normalize
 
+    monkeypatch.setattr(search, "_CAST_BYTES", cast_bytes)
     rng = np.random.default_rng(3)
     gallery = (rng.standard_normal((3000, 48)) * rng.uniform(0.1, 50, (3000, 1))).astype(np.float16)
     queries = rng.standard_normal((40, 48)).astype(np.float32)
-    before = exact_topk(l2_normalize(queries), l2_normalize(gallery), 25, engine="numpy", tile_bytes=1 << 20)
-    during = exact_topk(queries, gallery, 25, engine="numpy", normalize=True, tile_bytes=1 << 20)
+    options = dict(engine="numpy", tile_bytes=1 << 20, query_block=query_block)
+    before = exact_topk(l2_normalize(queries), l2_normalize(gallery), 25, **options)
+    during = exact_topk(queries, gallery, 25, normalize=True, **options)
     np.testing.assert_array_equal(before.indices, during.indices)
     np.testing.assert_array_equal(before.scores, during.scores)
     for row, value in ((2222, np.nan), (2500, 0.0)):
         broken = gallery.copy()
         broken[row] = value if np.isnan(value) else 0
         with pytest.raises(UnusableGalleryRow) as caught:
-            exact_topk(queries, broken, 25, engine="numpy", normalize=True, tile_bytes=1 << 20)
+            exact_topk(queries, broken, 25, normalize=True, **options)
         assert caught.value.position == row
         assert ("zero" in caught.value.why) == (value == 0)
