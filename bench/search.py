@@ -16,9 +16,15 @@ importable (not a project dependency). Data: random L2-normalised float32 rows.
 
 End to end (`--skip-e2e` leaves it out): the `vsbench score` command, process start, imports,
 loading, checks, search, metrics and writing the record included, on a 60k x 1024 gallery and 2,000
-queries, once from embedding directories and once from NPZ files; its wall time against one bare
-GEMM of the same product (the faster of numpy's and torch's, warm, into a preallocated output) timed
-just before it in the same round, in a process of its own. A 100-row gallery shows the fixed cost (start, imports, writing).
+queries, once from embedding directories and once from NPZ files. Its wall time is set against two
+baselines, each in a process of its own in the same round:
+- the bare GEMM program, timed the same way from outside: start Python, import numpy, np.load both
+  embeddings.npy files, one `queries @ gallery.T` (process start and loading included on both sides:
+  the goal's figure);
+- the bare GEMM alone, warm (the faster of numpy's and torch's, second run, into a preallocated
+  output): no process start, loading or first touch of memory, so a stricter figure that process
+  start caps (docs/performance.md).
+A 100-row gallery shows the fixed cost (start, imports, writing).
 
 Every round runs every method once, interleaved, so load from elsewhere on a shared machine hits
 baselines and methods alike; each method's ratio to the faster GEMM *of the same round* is taken
@@ -201,8 +207,26 @@ print(json.dumps({"best_s": min(best.values()), "seconds": best}))
 """
 
 
+# The by-hand program: what `vsbench score` is set against end to end.
+_BARE_PROGRAM = r"""
+import sys
+import numpy as np
+gallery, queries = np.load(sys.argv[1]), np.load(sys.argv[2])
+scores = queries @ gallery.T
+"""
+
+
+def _wall(command: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{command[0]} failed: {done.stderr}")
+    return elapsed
+
+
 def bench_e2e(args) -> dict:
-    """`vsbench score` as a user runs it vs one bare GEMM of the same product, paired per round."""
+    """`vsbench score` as a user runs it vs the bare GEMM program and the warm GEMM, paired per round."""
     from services.evaluator.embedding_files import write_split
 
     rng = np.random.default_rng(1)
@@ -226,53 +250,60 @@ def bench_e2e(args) -> dict:
         "NPZ files": (root / "gallery.npz", root / "queries.npz"),
         "fixed cost (100-row gallery, 50 queries)": (root / "tiny" / "gallery", root / "tiny" / "queries"),
     }
-    gemm_command = [sys.executable, "-c", _BARE_GEMM, str(root / "dir" / "gallery" / "embeddings.npy"),
-                    str(root / "dir" / "queries" / "embeddings.npy")]
+    arrays = [str(root / "dir" / "gallery" / "embeddings.npy"), str(root / "dir" / "queries" / "embeddings.npy")]
+    gemm_command = [sys.executable, "-c", _BARE_GEMM, *arrays]
+    program_command = [sys.executable, "-c", _BARE_PROGRAM, *arrays]
     command = _vsbench_command()
     seconds: dict[str, list[float]] = {name: [] for name in inputs}
+    program_s: dict[str, list[float]] = {name: [] for name in inputs}
     gemm_s: dict[str, list[float]] = {name: [] for name in inputs}
     timings: dict[str, dict] = {}
     counter = 0
-    for _ in range(args.e2e_repeat):
+    for round_ in range(args.e2e_repeat):
         for name, (g_path, q_path) in inputs.items():
-            # The bare GEMM runs in a process of its own that has exited before vsbench starts: a
+            # Each baseline runs in a process of its own that has exited before vsbench starts: a
             # parent that has just run a GEMM slows a child's search by ~25 % here (its BLAS
             # threads keep polling), which would charge the bench's own baseline to vsbench.
             best = json.loads(subprocess.run(gemm_command, check=True, capture_output=True, text=True).stdout)["best_s"]
             counter += 1
             record = root / f"run{counter}.json"
-            time.sleep(0.3)
-            start = time.perf_counter()
-            done = subprocess.run(
-                [*command, "score", "--gallery", str(g_path), "--queries", str(q_path), "--out", str(record)],
-                capture_output=True, text=True,
-            )
-            elapsed = time.perf_counter() - start
-            if done.returncode != 0:
-                raise SystemExit(f"vsbench score failed: {done.stderr}")
-            seconds[name].append(elapsed)
+            score = [*command, "score", "--gallery", str(g_path), "--queries", str(q_path), "--out", str(record)]
+            # the program and vsbench take turns going first, so neither always meets the
+            # other's leftovers (page cache, freed memory)
+            for which in (("program", "vsbench") if round_ % 2 == 0 else ("vsbench", "program")):
+                time.sleep(0.3)
+                if which == "program":
+                    program_s[name].append(_wall(program_command))
+                else:
+                    seconds[name].append(_wall(score))
             gemm_s[name].append(best)
             timings[name] = json.loads(record.read_text())["timings"]
     work.cleanup()
     print(f"`vsbench score` end to end: gallery {n:,} x {dim}, {n_q:,} queries, K 1,5 / mAP@20, "
           f"median of {args.e2e_repeat} paired rounds ({' '.join(command[-1:])})")
-    print(f"{'input':44s} {'vsbench s':>10s} {'bare GEMM s':>12s} {'GEMM / vsbench':>15s}  record's search_s / score_total_s")
+    print(f"{'input':44s} {'vsbench s':>10s} {'program s':>10s} {'program / vsbench':>18s} "
+          f"{'warm GEMM s':>12s} {'GEMM / vsbench':>15s}  record's search_s / score_total_s")
     result = {}
     for name in inputs:
-        ratios = [g / s for g, s in zip(gemm_s[name], seconds[name])]
+        ratios = [p / s for p, s in zip(program_s[name], seconds[name])]
+        strict = [g / s for g, s in zip(gemm_s[name], seconds[name])]
         result[name] = {
             "vsbench_s": round(statistics.median(seconds[name]), 3),
-            "gemm_s": round(statistics.median(gemm_s[name]), 3),
+            "bare_program_s": round(statistics.median(program_s[name]), 3),
             "ratio": round(statistics.median(ratios), 3),
             "ratios": [round(r, 3) for r in ratios],
+            "gemm_s": round(statistics.median(gemm_s[name]), 3),
+            "ratio_warm_gemm": round(statistics.median(strict), 3),
+            "ratios_warm_gemm": [round(r, 3) for r in strict],
             "record_timings": timings[name],
         }
-        t = timings[name]
-        print(f"{name:44s} {result[name]['vsbench_s']:10.3f} {result[name]['gemm_s']:12.3f} "
-              f"{result[name]['ratio']:15.2f}  {t.get('search_s')} / {t.get('score_total_s')}")
+        r, t = result[name], timings[name]
+        print(f"{name:44s} {r['vsbench_s']:10.3f} {r['bare_program_s']:10.3f} {r['ratio']:18.2f} "
+              f"{r['gemm_s']:12.3f} {r['ratio_warm_gemm']:15.2f}  {t.get('search_s')} / {t.get('score_total_s')}")
     best = result["embedding directories"]["ratio"]
-    print(f"goal: one bare GEMM's time / vsbench's time >= {E2E_GOAL}: {'met' if best >= E2E_GOAL else 'MISSED'} "
-          f"({best:.2f}, embedding directories)\n")
+    print(f"goal: the bare GEMM program's time / vsbench's time, both from process start, >= {E2E_GOAL}: "
+          f"{'met' if best >= E2E_GOAL else 'MISSED'} ({best:.2f}, embedding directories; against the warm "
+          f"GEMM alone {result['embedding directories']['ratio_warm_gemm']:.2f})\n")
     return result
 
 
