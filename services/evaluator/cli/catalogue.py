@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from services.evaluator.cli.core import (
     fail,
@@ -138,6 +137,7 @@ def list_models() -> None:
     """Models in the embedder registry (open models; commercial ones are served by the api_proxy)."""
     from services.embedder.backends.registry import list_specs
 
+    from rich.console import Console
     from rich.table import Table
 
     table = Table("model", "backend", "dim", "pooling", "weights (default)", "preprocessing", show_lines=False)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from services.evaluator.cli.core import (
     fail,
@@ -74,6 +73,7 @@ def run(
 
 
 def _print_plan(spec) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     from services.common.fingerprint import short
