@@ -242,3 +242,56 @@ def test_normalize_on_the_fly_equals_normalising_first_bit_for_bit_and_names_a_b
             exact_topk(queries, broken, 25, normalize=True, **options)
         assert caught.value.position == row
         assert ("zero" in caught.value.why) == (value == 0)
+
+
+# ---- buffers faulted in ahead of the search (`vsbench score` does it on another thread) ---------
+@pytest.mark.parametrize("n_queries", [40, 100])  # one query block (cast in slices) and three
+def test_reserved_buffers_are_the_ones_the_search_takes(n_queries, monkeypatch):
+    from services.evaluator import search
+
+    monkeypatch.setattr(search, "_scratch", search._Scratch())
+    monkeypatch.setattr(search, "_CAST_BYTES", 4 * 48 * 700)
+    rng = np.random.default_rng(5)
+    gallery = rng.standard_normal((3000, 48)).astype(np.float16)
+    queries = rng.standard_normal((n_queries, 48)).astype(np.float32)
+    options = dict(tile_bytes=4 * 48 * 1000, query_block=40)
+    expected = exact_topk(queries, gallery, 25, engine="numpy", normalize=True, **options)
+    used = {}
+    take = search._scratch.take
+
+    def watched_take(kind, size):
+        buffer = take(kind, size)
+        used[kind] = (buffer, size)
+        return buffer
+
+    search._scratch.release()
+    search.reserve_buffers(n_queries, 3000, 48, 25, **options)
+    reserved = dict(search._scratch.kept)
+    q_rows, g_rows = search.tile_shape(n_queries, 48, 25, **options)
+    assert (q_rows, g_rows) == (40, 1000)
+    cast_rows = 700 if n_queries <= 40 else g_rows  # sliced when one query block scans the gallery
+    assert reserved["scores"].size == q_rows * g_rows and reserved["cast"].size == cast_rows * 48
+    monkeypatch.setattr(search._scratch, "take", watched_take)
+    got = exact_topk(queries, gallery, 25, engine="numpy", normalize=True, **options)
+    for kind in ("scores", "cast"):
+        assert used[kind][0] is reserved[kind] and used[kind][1] <= reserved[kind].size, kind
+    np.testing.assert_array_equal(got.indices, expected.indices)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+
+
+def test_known_engine_answers_without_measuring(tmp_path, monkeypatch):
+    from services.evaluator import search_engine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(search_engine, "_memo", {})
+    monkeypatch.setattr(search_engine, "gpu_device_present", lambda: False)
+    assert search_engine.known_engine("numpy") == "numpy"
+    if "torch" not in ENGINES:
+        assert search_engine.known_engine("auto") == "numpy"  # nothing to choose between
+        return
+    assert search_engine.known_engine("auto") is None  # would calibrate first
+    search_engine.calibrated_engine(measure=lambda: {"numpy": 0.01, "torch": 0.02})
+    search_engine._memo.clear()
+    assert search_engine.known_engine("auto") == "numpy"  # from the cache file
+    monkeypatch.setattr(search_engine, "gpu_device_present", lambda: True)
+    assert search_engine.known_engine("auto") is None  # torch may find a GPU: not asked here
