@@ -170,22 +170,6 @@ def part_name(index: int) -> str:
     return f"{PART_PREFIX}{index:05d}"
 
 
-def matrix_shape(path: Path) -> tuple[int, int] | None:
-    """(rows, dim) of an embedding directory (or one of parts) from its .npy headers alone; None for
-    anything else, or anything unreadable (read_split then says why)."""
-    path = Path(path)
-    files = [path / EMBEDDINGS_FILE] if (path / EMBEDDINGS_FILE).is_file() else [p / EMBEDDINGS_FILE for p in part_dirs(path)]
-    shapes = []
-    for file in files:
-        try:
-            shapes.append(np.load(file, mmap_mode="r", allow_pickle=False).shape)
-        except (OSError, ValueError):
-            return None
-    if not shapes or any(len(shape) != 2 or shape[1] != shapes[0][1] for shape in shapes):
-        return None
-    return sum(shape[0] for shape in shapes), shapes[0][1]
-
-
 def is_embedding_dir(path: Path) -> bool:
     """A single embedding directory, or one of parts (`part-*/` subdirectories)."""
     path = Path(path)

@@ -31,10 +31,7 @@ from services.common.errors import ConfigError
 from services.evaluator import topk_keys
 from services.evaluator.search_engine import resolve_engine
 
-__all__ = [
-    "TIE_RULE", "Engine", "TopK", "UnusableGalleryRow", "exact_topk", "l2_normalize", "reserve_buffers",
-    "resolve_engine", "tile_shape",
-]
+__all__ = ["TIE_RULE", "Engine", "TopK", "UnusableGalleryRow", "exact_topk", "l2_normalize", "resolve_engine"]
 
 Engine = Literal["auto", "torch", "numpy"]
 TIE_RULE = "score descending, then gallery position ascending"
@@ -161,15 +158,6 @@ class _Scratch:
         if buffer is None or buffer.size < size:
             buffer = np.empty(size, dtype=np.float32)
         return buffer
-
-    def reserve(self, sizes: dict[str, int]) -> None:
-        """Keep a touched buffer of at least each size; take() waits until this is done."""
-        with self.lock:
-            for kind, size in sizes.items():
-                if self.kept.get(kind, np.empty(0)).size < size:
-                    buffer = np.empty(size, dtype=np.float32)
-                    buffer.fill(0)  # the page faults, with the GIL released
-                    self.kept[kind] = buffer
 
     def give(self, kind: str, buffer: np.ndarray) -> None:
         with self.lock:
@@ -393,30 +381,6 @@ def _scorer(engine: str, device: str | None, device_dtype: str = "float32"):
     return _CpuScorer(engine)
 
 
-def tile_shape(n_queries: int, dim: int, k: int, *, tile_bytes: int = DEFAULT_TILE_BYTES,
-               query_block: int = DEFAULT_QUERY_BLOCK) -> tuple[int, int]:
-    """(query rows, gallery rows) of exact_topk's score tile."""
-    q_rows = max(1, min(query_block, n_queries))
-    # The gallery block is bounded too: its copies (dtype cast, normalize, device) would otherwise
-    # grow as the query count shrinks (2.7 GB at 100 queries x 1024-d).
-    g_rows = max(k + 1, min(tile_bytes // (4 * q_rows), tile_bytes // (4 * max(1, dim))))
-    return q_rows, g_rows
-
-
-def reserve_buffers(n_queries: int, n_gallery: int, dim: int, k: int, *, tile_bytes: int = DEFAULT_TILE_BYTES,
-                    query_block: int = DEFAULT_QUERY_BLOCK) -> None:
-    """Fault in the score and cast buffers that a CPU exact_topk of this shape (normalize=True or a
-    gallery to cast) takes, and keep them for it. A fresh process pays for the first touch of each
-    page (0.1-0.45 s for the ~300 MB of a 60k x 1024 search with 2,000 queries here); on another
-    thread, while the caller imports and reads its inputs, that leaves the critical path. An
-    exact_topk that starts meanwhile waits for the buffers rather than faulting in its own."""
-    q_rows, g_rows = tile_shape(n_queries, dim, k, tile_bytes=tile_bytes, query_block=query_block)
-    g_rows = max(1, min(g_rows, n_gallery))
-    once = -(-n_queries // q_rows) == 1  # one query block: the gallery is cast slice by slice
-    cast_rows = min(g_rows, max(1, _CAST_BYTES // (4 * dim))) if once else g_rows
-    _scratch.reserve({"scores": q_rows * g_rows, "cast": cast_rows * dim})
-
-
 def exact_topk(
     queries: np.ndarray,
     gallery: np.ndarray | Iterable[np.ndarray],
@@ -455,7 +419,10 @@ def exact_topk(
     if isinstance(gallery, np.ndarray) and gallery.ndim == 2 and gallery.shape[1] != dim:
         raise ValueError(f"query dim {dim} != gallery dim {gallery.shape[1]}")
     scorer = _scorer(resolve_engine(engine), device, device_dtype)
-    q_rows, g_rows = tile_shape(n_q, dim, k, tile_bytes=tile_bytes, query_block=query_block)
+    q_rows = max(1, min(query_block, n_q))
+    # The gallery block is bounded too: its copies (dtype cast, normalize, device) would otherwise
+    # grow as the query count shrinks (2.7 GB at 100 queries x 1024-d).
+    g_rows = max(k + 1, min(tile_bytes // (4 * q_rows), tile_bytes // (4 * max(1, dim))))
     q_blocks = [(s, scorer.queries(q_all[s : s + q_rows])) for s in range(0, n_q, q_rows)]
     best = np.full((n_q, k), topk_keys.EMPTY_KEY, dtype=np.uint64)
     floor = np.full(n_q, -np.inf, dtype=np.float32)

@@ -111,29 +111,21 @@ def measure_gemm_seconds(shape: tuple[int, int, int] = _CALIBRATION_SHAPE, round
     return seconds
 
 
-def _cached(key: str, path: Path) -> tuple[str | None, dict]:
-    """(the engine cached for this machine or None, the whole cache as read)."""
-    cached: dict = {}
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        engine = cached.get(key, {}).get("engine")
-        if engine in ("numpy", "torch"):
-            _memo[key] = engine
-            return engine, cached
-    except (OSError, ValueError, AttributeError):
-        cached = {} if not isinstance(cached, dict) else cached
-    return None, cached
-
-
 def calibrated_engine(path: Path | None = None, measure: Callable[[], dict[str, float]] = measure_gemm_seconds) -> str:
     """The faster CPU GEMM engine on this machine, from the cache or measured (then cached)."""
     key = machine_key()
     if key in _memo:
         return _memo[key]
     path = cache_file() if path is None else path
-    engine, cached = _cached(key, path)
-    if engine is not None:
-        return engine
+    cached: dict = {}
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        engine = cached.get(key, {}).get("engine")
+        if engine in ("numpy", "torch"):
+            _memo[key] = engine
+            return engine
+    except (OSError, ValueError, AttributeError):
+        cached = {} if not isinstance(cached, dict) else cached
     seconds = measure()
     engine = min(seconds, key=seconds.__getitem__)
     _memo[key] = engine
@@ -148,16 +140,6 @@ def calibrated_engine(path: Path | None = None, measure: Callable[[], dict[str, 
         log.debug("search engine calibration not cached at %s: %s", path, exc)
     log.info("search engine calibration: %s (GEMM seconds %s)", engine, entry["gemm_seconds"])
     return engine
-
-
-def known_engine(engine: str = "auto") -> str | None:
-    """What resolve_engine would answer, when that needs no calibration run and no GPU; else None."""
-    if engine != "auto" or importlib.util.find_spec("torch") is None:
-        return resolve_engine(engine)
-    if gpu_device_present():
-        return None
-    key = machine_key()
-    return _memo.get(key) or _cached(key, cache_file())[0]
 
 
 def resolve_engine(engine: str = "auto") -> str:

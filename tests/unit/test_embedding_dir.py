@@ -311,22 +311,3 @@ print(before, during, anon())
     assert during - before < written / 4, (before, during)
     assert after - before < written / 4, (before, after)
     assert np.load(tmp_path / "out" / "gallery" / "embeddings.npy", mmap_mode="r").shape == (118 * 256, 1024)
-
-
-def test_matrix_shape_reads_headers_only(tmp_path):
-    from services.evaluator.embedding_files import matrix_shape, part_name
-
-    rows = np.ones((3, 4), dtype=np.float16)
-    write_split(tmp_path / "one", rows, ["a", "b", "c"], ["", "", ""])
-    assert matrix_shape(tmp_path / "one") == (3, 4)
-    for index, n in enumerate((3, 2)):
-        write_split(tmp_path / "parts" / part_name(index), rows[:n], [f"{index}-{i}" for i in range(n)], [""] * n)
-    assert matrix_shape(tmp_path / "parts") == (5, 4)
-    np.save(tmp_path / "parts" / part_name(1) / "embeddings.npy", np.ones((2, 5), dtype=np.float32))
-    assert matrix_shape(tmp_path / "parts") is None  # dims differ: read_split says so
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "embeddings.npy").write_bytes(b"not npy")
-    assert matrix_shape(tmp_path / "broken") is None
-    assert matrix_shape(tmp_path / "missing") is None
-    np.savez(tmp_path / "x.npz", embeddings=rows)
-    assert matrix_shape(tmp_path / "x.npz") is None

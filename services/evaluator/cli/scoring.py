@@ -68,8 +68,6 @@ def score(
     recall_k, map_ks = parse_ks(k, "--k"), parse_ks(map_k, "--map-k")
     check_engine(engine)
     check_new_result(out)
-    if ranked is None and queries is not None:
-        _warm_search(gallery, queries, max(recall_k + map_ks), engine)
     ranking = None
     if ranked is not None:
         from services.evaluator.sharded_search import read_ranked
@@ -89,25 +87,6 @@ def score(
     finally:
         inputs.store.close()
     print_record(outcome.result)
-
-
-def _warm_search(gallery: Path, queries: Path, k: int, engine: str) -> None:
-    """Fault in the exact search's buffers on another thread while this one imports and reads the
-    inputs (search.reserve_buffers; up to 0.4 s of a 60k-gallery `vsbench score` here). Embedding
-    directories with the numpy engine only: their shapes are in the .npy headers, and the other
-    engines keep no such buffers."""
-    import threading
-
-    def warm() -> None:
-        from services.evaluator.embedding_files import matrix_shape
-        from services.evaluator.search import reserve_buffers
-        from services.evaluator.search_engine import known_engine
-
-        g, q = matrix_shape(gallery), matrix_shape(queries)
-        if g is not None and q is not None and g[1] == q[1] and known_engine(engine) == "numpy":
-            reserve_buffers(q[0], g[0], g[1], k)
-
-    threading.Thread(target=warm, name="warm-search", daemon=True).start()
 
 
 @app.command("score-ilias")
