@@ -41,6 +41,13 @@ DEFAULT_TILE_BYTES = 256 * 1024 * 1024
 # One query block up to 2,048 queries: the gallery is then cast and normalised once, a slice at a
 # time beside the GEMM, instead of whole blocks kept for the next query block (see _CpuScorer).
 DEFAULT_QUERY_BLOCK = 2048
+# Within that bound a tile is as wide as selecting the top k needs and no wider: every byte of it
+# is fresh memory to fault in once per process (a 60k-gallery `vsbench score` with 2,000 queries
+# spent 0.3 s more with 268 MB tiles than with 134 MB ones here), while selection and merging cost
+# more per tile the larger k is against the tile's width (k = 100, warm: 92 % of the GEMM at 32k
+# rows, 85 % at 16k; k = 1000: 87 % at 64k, 74 % at 32k). docs/performance.md has the figures.
+_MIN_TILE_ROWS = 16384
+_TILE_ROWS_PER_K = 320
 # Groups per row for the threshold at small k (k = 100: ~1.05 k candidates per row).
 _MIN_GROUPS = 1000
 
@@ -254,8 +261,8 @@ class _CpuScorer:
         if isinstance(g, _Uncast):
             # Each slice is cast into one small buffer, then multiplied into its columns of the
             # tile (BLAS writes a column range of a row-major matrix in place).
-            rows = max(1, _CAST_BYTES // (4 * g.block.shape[1]))
-            cast = self._buffer("cast", min(rows, g.shape[0]) * g.block.shape[1])
+            rows = _cast_rows(g.shape[0], g.block.shape[1])
+            cast = self._buffer("cast", rows * g.block.shape[1])
             for start in range(0, g.shape[0], rows):
                 part = g.block[start : start + rows]
                 part = _prepared(part, cast[: part.size].reshape(part.shape), g.offset + start, g.normalize)
@@ -267,6 +274,13 @@ class _CpuScorer:
             t.matmul(t.from_numpy(q), t.from_numpy(g).T, out=t.from_numpy(scores))
         _exclude(scores, exclude, offset, g.shape[0], -np.inf)
         return _tile_keys(scores, k, offset, floor)
+
+
+def _cast_rows(n: int, dim: int) -> int:
+    """Rows per cast slice of an n-row block: at most _CAST_BYTES, in equal slices (a thin last
+    slice would be a slow GEMM)."""
+    slices = -(-n // max(1, _CAST_BYTES // (4 * dim)))
+    return -(-n // slices)
 
 
 @dataclass(frozen=True)
@@ -422,7 +436,8 @@ def exact_topk(
     q_rows = max(1, min(query_block, n_q))
     # The gallery block is bounded too: its copies (dtype cast, normalize, device) would otherwise
     # grow as the query count shrinks (2.7 GB at 100 queries x 1024-d).
-    g_rows = max(k + 1, min(tile_bytes // (4 * q_rows), tile_bytes // (4 * max(1, dim))))
+    bound = min(tile_bytes // (4 * q_rows), tile_bytes // (4 * max(1, dim)))
+    g_rows = max(k + 1, min(max(_MIN_TILE_ROWS, _TILE_ROWS_PER_K * k), bound))
     q_blocks = [(s, scorer.queries(q_all[s : s + q_rows])) for s in range(0, n_q, q_rows)]
     best = np.full((n_q, k), topk_keys.EMPTY_KEY, dtype=np.uint64)
     floor = np.full(n_q, -np.inf, dtype=np.float32)
