@@ -36,7 +36,7 @@ __all__ = ["TIE_RULE", "Engine", "TopK", "UnusableGalleryRow", "exact_topk", "l2
 Engine = Literal["auto", "torch", "numpy"]
 TIE_RULE = "score descending, then gallery position ascending"
 # Scores of one (query block x gallery block) tile: bounded so a 5M-image gallery streams in
-# constant memory (1024 queries x 64k gallery rows x 4 B = 256 MiB).
+# constant memory (1,000 queries x 64k gallery rows x 4 B = 256 MiB).
 DEFAULT_TILE_BYTES = 256 * 1024 * 1024
 # One query block up to 2,048 queries: the gallery is then cast and normalised once, a slice at a
 # time beside the GEMM, instead of whole blocks kept for the next query block (see _CpuScorer).
@@ -245,13 +245,13 @@ class _CpuScorer:
     def queries(self, q: np.ndarray) -> np.ndarray:
         return np.array(q, dtype=np.float32, order="C", copy=True)
 
-    def gallery(self, block: np.ndarray, offset: int, normalize: bool, scans: int = 2):
-        """The block as float32 (normalised when asked) for `scans` query blocks. Scanned once by
-        numpy, a block that needs casting is cast a slice at a time inside tile_keys instead."""
+    def gallery(self, block: np.ndarray, offset: int, normalize: bool, scanned_once: bool = False):
+        """The block as float32 (normalised when asked). One that needs casting and that a single
+        query block scans (numpy engine) is cast a slice at a time inside tile_keys instead."""
         usable = block.dtype == np.float32 and block.flags.c_contiguous
         if not normalize and usable and (self.torch is None or block.flags.writeable):  # torch wants writable memory
             return block
-        if scans == 1 and self.torch is None:
+        if scanned_once and self.torch is None:
             return _Uncast(block, offset, normalize)
         return _prepared(block, self._buffer("cast", block.shape[0] * block.shape[1]).reshape(block.shape),
                          offset, normalize)
@@ -338,7 +338,7 @@ class _CudaScorer:
         host = np.array(q, dtype=np.float32, copy=True)
         return self.torch.from_numpy(host).to(self.device).to(self.dtype)
 
-    def gallery(self, block, offset: int, normalize: bool, scans: int = 1):
+    def gallery(self, block, offset: int, normalize: bool, scanned_once: bool = False):
         t = self.torch
         if isinstance(block, t.Tensor):  # prepared already (DeviceGallery)
             return block.to(self.device, self.dtype)
@@ -450,7 +450,7 @@ def exact_topk(
                 raise ValueError(f"query dim {dim} != gallery dim {block.shape[-1]}")
             if offset + block.shape[0] > topk_keys.MAX_POSITION + 1:
                 raise ValueError(f"gallery longer than {topk_keys.MAX_POSITION + 1:,} rows")
-            g = scorer.gallery(block, offset, normalize, scans=len(q_blocks))
+            g = scorer.gallery(block, offset, normalize, scanned_once=len(q_blocks) == 1)
             for start, q in q_blocks:
                 rows = slice(start, start + q.shape[0])
                 ex = exclude[rows] if exclude is not None else None

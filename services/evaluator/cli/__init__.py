@@ -24,8 +24,8 @@ OPENBLAS_THREAD_TIMEOUT = "4"
 
 
 # Python's cyclic collector runs every 700 new container objects by default; importing numpy,
-# pyarrow, pydantic and the record models creates ~10**6, so the commands spent tens of ms in it
-# before doing anything. Every 100,000 still collects the cycles of a long run.
+# pyarrow, pydantic and the record models creates hundreds of thousands, so the commands spent
+# tens of ms in it before doing anything. Every 100,000 still collects the cycles of a long run.
 GC_THRESHOLD = (100_000, 10, 10)
 
 

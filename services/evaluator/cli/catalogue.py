@@ -11,7 +11,7 @@ import typer
 from services.evaluator.cli.core import (
     fail,
     app,
-    console,
+    stderr_console,
     export_app,
 )
 
@@ -31,8 +31,8 @@ def export_triton_command(
 
     result = export_triton(model, out, max_batch=max_batch, instance_kind=instance_kind,
                            instance_count=instance_count, weights=weights, verify=verify)
-    console.print(result.summary(), highlight=False, soft_wrap=True)
-    console.print(f"wrote {result.model_dir} and {result.readme_path}", highlight=False, soft_wrap=True)
+    stderr_console().print(result.summary(), highlight=False, soft_wrap=True)
+    stderr_console().print(f"wrote {result.model_dir} and {result.readme_path}", highlight=False, soft_wrap=True)
 
 
 # ---- catalogues ----------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def list_datasets() -> None:
     for name, loader in DATASET_LOADERS.items():
         summary = (inspect.getdoc(loader) or "").splitlines()[0] if inspect.getdoc(loader) else ""
         options = ", ".join(f"{k}={v!r}" for k, v in dataset_options(name).items())
-        console.print(f"[bold]{name}[/]  {summary}\n    options: {options or 'none'}", highlight=False)
+        stderr_console().print(f"[bold]{name}[/]  {summary}\n    options: {options or 'none'}", highlight=False)
 
 
 @datasets_app.command("fetch")
@@ -81,7 +81,7 @@ def fetch_dataset(
     if name not in fetching.FETCHABLE:
         fail(f"no fetch for {name!r}: use ilias, sop or products10k")
     retry = RetryPolicy(attempts=retries)
-    progress = RichDownloadProgress(console) if show_progress else None
+    progress = RichDownloadProgress(stderr_console()) if show_progress else None
     try:
         if name == "ilias":
             report = fetching.fetch_ilias(
@@ -102,12 +102,12 @@ def fetch_dataset(
             progress.close()
     if report.instructions:
         sys.stdout.write(report.instructions + "\n")
-        console.print("nothing was downloaded", highlight=False)
+        stderr_console().print("nothing was downloaded", highlight=False)
         return
-    console.print(f"{name}: {len(report.downloaded)} file(s) in place, {len(report.extracted)} archive(s) "
+    stderr_console().print(f"{name}: {len(report.downloaded)} file(s) in place, {len(report.extracted)} archive(s) "
                   f"extracted in {report.directory}", highlight=False)
     if report.skipped:
-        console.print(f"{len(report.skipped)} listed file(s) left out (--max-shards)", highlight=False)
+        stderr_console().print(f"{len(report.skipped)} listed file(s) left out (--max-shards)", highlight=False)
 
 
 @datasets_app.command("p10k-subset")
@@ -128,7 +128,7 @@ def products10k_subset(
         fail(str(exc).splitlines()[0])
         return
     digest = write_products10k_subset(subset, out)
-    console.print(f"wrote {len(subset.image_ids)} ids of {subset.products} products to {out} (sha256 {digest})",
+    stderr_console().print(f"wrote {len(subset.image_ids)} ids of {subset.products} products to {out} (sha256 {digest})",
                   highlight=False)
 
 

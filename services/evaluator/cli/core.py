@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
@@ -35,23 +36,13 @@ export_app = typer.Typer(help="Export models for production serving.", no_args_i
 app.add_typer(export_app, name="export")
 
 
-
-class _StderrConsole:
+@functools.cache
+def stderr_console():
     """rich's Console on stderr, made when a command first prints through it: importing rich is
     ~20 ms of every command's start, and the scoring commands print one plain line instead."""
+    from rich.console import Console
 
-    def __init__(self) -> None:
-        self._console = None
-
-    def __getattr__(self, name: str):
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=True)
-        return getattr(self._console, name)
-
-
-console = _StderrConsole()
+    return Console(stderr=True)
 
 
 def parse_ks(text: str, option: str) -> list[int]:

@@ -12,7 +12,7 @@ from services.evaluator.cli.core import (
     fail,
     skipped,
     app,
-    console,
+    stderr_console,
 )
 
 
@@ -54,7 +54,7 @@ def table(
         text = render_table(runs, fmt) if view == "leaderboard" else render_analysis_view(runs, view, fmt)
     if out:
         out.write_text(text)
-        console.print(f"wrote {out}")
+        stderr_console().print(f"wrote {out}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
@@ -69,4 +69,4 @@ def report(
     from services.evaluator.runner import dataset_image_resolver
 
     index = build_site(results_dir, out, image_resolver=dataset_image_resolver(results_dir))
-    console.print(f"report written: {index}", highlight=False)
+    stderr_console().print(f"report written: {index}", highlight=False)

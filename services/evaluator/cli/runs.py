@@ -12,7 +12,7 @@ from services.evaluator.cli.core import (
     fail,
     parse_ks,
     app,
-    console,
+    stderr_console,
 )
 
 
@@ -62,10 +62,10 @@ def run(
     if dry_run:
         _print_plan(spec)
         return
-    outcomes = run_spec(spec, embed=not score_only, score=not embed_only, console=console, show_progress=not quiet)
+    outcomes = run_spec(spec, embed=not score_only, score=not embed_only, console=stderr_console(), show_progress=not quiet)
     for outcome in outcomes:
         if outcome.result is not None:
-            console.print(f"wrote {outcome.result.path}", highlight=False)
+            stderr_console().print(f"wrote {outcome.result.path}", highlight=False)
     failed = sum(outcome.failed for outcome in outcomes)
     if failed:
         sys.stderr.write(f"error: {failed} of {len(outcomes)} runs failed (see above); stored vectors are kept\n")
@@ -97,7 +97,7 @@ def _print_plan(spec) -> None:
     Console(width=200).print(table)
     known = [r.estimate_s for r in rows if not r.problem and r.estimate_s is not None]
     total = sum(r.to_embed for r in rows if not r.problem)
-    console.print(
+    stderr_console().print(
         f"{len(spec.datasets)} dataset(s) x {len(spec.models)} model(s): {total} images to embed; "
         f"known estimates add up to {sum(known) / 3600:.2f} h (embedding only, one server per model)",
         highlight=False,
@@ -144,21 +144,21 @@ def embed(
     outcome = embed_to_files(server, images, out, batch_size=batch_size, show_progress=not quiet, reembed=reembed,
                              dtype=dtype, part=None if spec is None else (spec.index, spec.count))
     report = outcome.report
-    console.print(
+    stderr_console().print(
         f"embedded {report.embedded}, already stored {report.already_stored}, errors {len(report.errors)} -> {out}",
         highlight=False,
     )
     for error in report.errors[:20]:
-        console.print(f"  {error['image_id']}: {error['code']}: {error['message']}", highlight=False)
+        stderr_console().print(f"  {error['image_id']}: {error['code']}: {error['message']}", highlight=False)
     if len(report.errors) > 20:
-        console.print(f"  ... and {len(report.errors) - 20} more", highlight=False)
+        stderr_console().print(f"  ... and {len(report.errors) - 20} more", highlight=False)
     if report.failure:
         sys.stderr.write(f"error: {report.failure}; what arrived is kept, rerun to resume\n")
         raise typer.Exit(code=1)
     hint = score_command_for(out)
     if hint:
         when = "" if spec is None else f"once all {spec.count} parts are written, "
-        console.print(f"{when}score them with: {hint}", highlight=False)
+        stderr_console().print(f"{when}score them with: {hint}", highlight=False)
     if report.embedded + report.already_stored == 0:
         raise typer.Exit(code=1)
 
@@ -174,7 +174,7 @@ def quickstart(
     from services.evaluator.quickstart.run import run_quickstart
 
     run_quickstart(out, small=small, model_names=[m.strip() for m in models.split(",") if m.strip()],
-                   console=console, show_progress=not quiet)
+                   console=stderr_console(), show_progress=not quiet)
 
 
 @app.command()
@@ -254,7 +254,7 @@ def probe(
     out.write_text(result.to_json(), encoding="utf-8")
     speeds = ", ".join(f"b{t.request_size} {t.images_per_s:.1f}/s" for t in result.throughput)
     parity = result.parity.status + (f" (min cos {result.parity.min_cos:.6f})" if result.parity.min_cos is not None else "")
-    console.print(
+    stderr_console().print(
         f"{result.model}: dim {result.dim}, norms {result.norms.min:.4g}..{result.norms.max:.4g}, "
         f"determinism max|diff| {result.determinism_max_abs_diff:.3g}, batch-invariance min cos "
         f"{result.batch_invariance_min_cos:.6f}, {speeds}, parity {parity} -> {out}",

@@ -14,7 +14,7 @@ from services.evaluator.cli.core import (
     parse_ks,
     print_record,
     app,
-    console,
+    stderr_console,
 )
 
 
@@ -149,7 +149,7 @@ def _print_ilias_extras(summary: dict) -> None:
     """The official evaluation's extra lines: text-query metrics and the breakdowns of the largest K."""
     text = summary.get("text_queries")
     if text:
-        console.print("text queries: " + ", ".join(f"{n} {v:.2f}" for n, v in text["metrics"].items()),
+        stderr_console().print("text queries: " + ", ".join(f"{n} {v:.2f}" for n, v in text["metrics"].items()),
                       highlight=False)
     for query_set, per_k in summary.get("breakdowns", {}).items():
         name, parts = max(per_k.items(), key=lambda item: int(item[0].split("@")[1]))
@@ -157,7 +157,7 @@ def _print_ilias_extras(summary: dict) -> None:
         for group in ("scale", "clutter", "categories"):
             if parts.get(group):
                 line.append(f"{group}: " + ", ".join(f"{g} {v:.2f}" for g, v in parts[group].items()))
-        console.print(f"{query_set} queries {name} " + "; ".join(line), highlight=False, soft_wrap=True)
+        stderr_console().print(f"{query_set} queries {name} " + "; ".join(line), highlight=False, soft_wrap=True)
 
 
 def _write_summary_record(summary: dict, outcomes, out: Path, model_name: str):
@@ -228,7 +228,7 @@ def search_shard_command(
                           normalize=inputs.normalize)
     out.parent.mkdir(parents=True, exist_ok=True)  # the first of N pods to finish makes the shards folder
     write_npz(out, arrays)
-    console.print(
+    stderr_console().print(
         f"shard {spec.index}/{spec.count}: gallery rows {int(arrays['start'])}..{int(arrays['stop'])}, "
         f"{inputs.queries.shape[0]} queries, k={k} -> {out}",
         highlight=False,
@@ -250,5 +250,5 @@ def search_merge_command(
     files = shard_files(parts)
     top, facts = merge_shard_files(files)
     write_npz(out, topk_arrays(top, facts))
-    console.print(f"merged {len(files)} shard files: {top.indices.shape[0]} queries, k={top.indices.shape[1]} -> {out}",
+    stderr_console().print(f"merged {len(files)} shard files: {top.indices.shape[0]} queries, k={top.indices.shape[1]} -> {out}",
                   highlight=False)

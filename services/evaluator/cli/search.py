@@ -10,7 +10,7 @@ import typer
 
 from services.evaluator.cli.core import (
     app,
-    console,
+    stderr_console,
 )
 
 
@@ -69,12 +69,12 @@ def index_command(
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
-        console.print(
+        stderr_console().print(
             f"{report.collection}: {report.points} images ({report.added} added, {report.updated} updated, "
             f"{report.removed} removed, {report.unchanged} unchanged, {len(report.failed)} failed), "
             f"threshold {report.threshold}", highlight=False)
         for image_id, reason in report.failed[:20]:
-            console.print(f"  {image_id}: {reason}", highlight=False)
+            stderr_console().print(f"  {image_id}: {reason}", highlight=False)
     if report.failed and report.points == 0:
         raise typer.Exit(code=1)
 
