@@ -197,8 +197,9 @@ def write_run(
         tmp = queries_path.with_name(queries_path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(json.dumps({"schema": QUERY_SCHEMA, "run_id": record.run_id}) + "\n")
+            encode = json.JSONEncoder(default=_json_default).encode  # one encoder: json.dumps makes one per call
             for outcome in outcomes:
-                handle.write(json.dumps(outcome.to_json(), default=_json_default) + "\n")
+                handle.write(encode(outcome.to_json()) + "\n")
         os.replace(tmp, queries_path)
         per_query_file = queries_path.name
     record = record.model_copy(update={"per_query_file": per_query_file})
