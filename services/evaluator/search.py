@@ -1,8 +1,8 @@
 """Exact top-K by dot product over L2-normalised float32 vectors, memory bounded.
 
 The gallery is scanned in blocks (a numpy array, a np.memmap on disk, or any sequence of blocks),
-each (query block x gallery block) tile scored with one float32 matrix product into a reused
-buffer. Selection costs two cheap passes over the tile instead of a full partition per row: the
+each (query block x gallery block) tile scored by float32 matrix products into a reused buffer
+(one, or one per 32 MiB slice of a gallery block that is cast and normalised on the way). Selection costs two cheap passes over the tile instead of a full partition per row: the
 maxima of 2k-4k interleaved column groups give a score that at least k entries reach (so the
 top-k are all at or above it, on any data), combined with the k-th best kept so far; only the
 ~1.2-1.4 k entries per row at or above it become candidates, ranked as 64-bit keys
