@@ -27,6 +27,7 @@ from services.common.types import ErrorCode, ImageItem
 from services.embedder.backends.registry import load_backend
 from services.embedder.batching import embed_sync
 from services.embedder.triton_export import ExportError, export_triton, shipped_photos
+from tests.hub_processors import DINOV2_PROCESSOR
 from tests.integration.triton_support.server import (
     TritonSetupError,
     as_python_backend,
@@ -68,25 +69,7 @@ def tiny_dinov2(tmp_path_factory) -> Path:
         intermediate_size=64,
     )
     transformers.Dinov2Model(config).eval().save_pretrained(directory)
-    # facebook/dinov2-large's preprocessor_config.json
-    (directory / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "image_processor_type": "BitImageProcessor",
-                "do_resize": True,
-                "size": {"shortest_edge": 256},
-                "resample": 3,
-                "do_center_crop": True,
-                "crop_size": {"height": 224, "width": 224},
-                "do_rescale": True,
-                "rescale_factor": 1 / 255,
-                "do_normalize": True,
-                "image_mean": [0.485, 0.456, 0.406],
-                "image_std": [0.229, 0.224, 0.225],
-                "do_convert_rgb": True,
-            }
-        )
-    )
+    (directory / "preprocessor_config.json").write_text(json.dumps(DINOV2_PROCESSOR))  # facebook/dinov2-large's
     return directory
 
 

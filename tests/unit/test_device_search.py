@@ -12,15 +12,7 @@ from services.common.errors import ConfigError  # noqa: E402
 from services.evaluator.device_gallery import DeviceGallery  # noqa: E402
 from services.evaluator.search import UnusableGalleryRow, exact_topk  # noqa: E402
 from services.evaluator.sharded_search import DeviceShards, Shard, ShardError, search_devices  # noqa: E402
-
-
-def brute_force(queries, gallery, k, exclude=None):
-    scores = queries.astype(np.float64) @ gallery.astype(np.float64).T
-    if exclude is not None:
-        for row, col in enumerate(exclude):
-            if col >= 0:
-                scores[row, col] = -np.inf
-    return np.array([np.lexsort((np.arange(gallery.shape[0]), -s))[:k] for s in scores])
+from tests.exact_reference import brute_force  # noqa: E402
 
 
 def tied_data(n_gallery=2400, counts=(2, 3), dim=16, n_queries=70):

@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 
 from services.evaluator.search import exact_topk, l2_normalize
+from tests.exact_reference import brute_force
 
 ENGINES = ["numpy"] + (["torch"] if importlib.util.find_spec("torch") else [])
-
-
-def brute_force(queries, gallery, k, exclude=None):
-    scores = queries.astype(np.float64) @ gallery.astype(np.float64).T
-    if exclude is not None:
-        for row, col in enumerate(exclude):
-            if col >= 0:
-                scores[row, col] = -np.inf
-    order = np.array([np.lexsort((np.arange(gallery.shape[0]), -scores[r]))[:k] for r in range(len(queries))])
-    return order
 
 
 @pytest.fixture(scope="module")
