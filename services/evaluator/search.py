@@ -2,11 +2,14 @@
 
 The gallery is scanned in blocks (a numpy array, a np.memmap on disk, or any sequence of blocks),
 each (query block x gallery block) tile scored by float32 matrix products into a reused buffer
-(one, or one per 32 MiB slice of a gallery block that is cast and normalised on the way). Selection costs two cheap passes over the tile instead of a full partition per row: the
-maxima of 2k-4k interleaved column groups give a score that at least k entries reach (so the
-top-k are all at or above it, on any data), combined with the k-th best kept so far; only the
-~1.2-1.4 k entries per row at or above it become candidates, ranked as 64-bit keys
-(topk_keys.py). Row chunks of a few MiB run on all cores while they sit in cache.
+(one, or one per 32 MiB slice of a gallery block that is cast and normalised on the way).
+Selection costs one or two cheap passes over the tile instead of a full partition per row. After
+the first gallery block the k-th best kept so far is the threshold, as long as at most 2k entries
+per row reach it; otherwise (the first block, or ordered data) the maxima of 2k-4k interleaved
+column groups give a score that at least k entries reach (so the top-k are all at or above it, on
+any data), and ~1.2-1.4 k entries per row reach that. Entries at or above the threshold become
+candidates, ranked as 64-bit keys (topk_keys.py). Row chunks of a few MiB run on all cores while
+they sit in cache.
 
 Ties are broken deterministically: score descending, then gallery position ascending, the same
 for every engine, k and block size. In intra retrieval the query's own gallery position is excluded
@@ -42,11 +45,13 @@ DEFAULT_TILE_BYTES = 256 * 1024 * 1024
 # time beside the GEMM, instead of whole blocks kept for the next query block (see _CpuScorer).
 DEFAULT_QUERY_BLOCK = 2048
 # Within that bound a tile is as wide as selecting the top k needs and no wider: every byte of it
-# is fresh memory to fault in once per process (a 60k-gallery `vsbench score` with 2,000 queries
-# spent 0.3 s more with 268 MB tiles than with 134 MB ones here), while selection and merging cost
-# more per tile the larger k is against the tile's width (k = 100, warm: 92 % of the GEMM at 32k
-# rows, 85 % at 16k; k = 1000: 87 % at 64k, 74 % at 32k). docs/performance.md has the figures.
-_MIN_TILE_ROWS = 16384
+# is fresh memory to fault in once per process (a 60k-gallery `vsbench score` with 2,000 queries,
+# k = 20, searched in 1.52 s with 134 MB tiles, 1.40 s with 52 MB ones, and 0.3 s more with 268 MB),
+# while selection and merging cost more per tile the larger k is against the tile's width (k = 100,
+# warm: 92 % of the GEMM at 32k rows, 85 % at 16k; k = 1000: 87 % at 64k, 74 % at 32k). At least
+# 32 MiB, so that few queries still make tiles wide enough to amortise each tile's fixed steps.
+# docs/performance.md has the figures.
+_MIN_TILE_BYTES = 32 * 1024 * 1024
 _TILE_ROWS_PER_K = 320
 # Groups per row for the threshold at small k (k = 100: ~1.05 k candidates per row).
 _MIN_GROUPS = 1000
@@ -104,7 +109,17 @@ def _chunk_keys(scores: np.ndarray, k: int, offset: int, floor: np.ndarray) -> n
     if n <= k:
         keys = topk_keys.encode(scores, np.arange(offset, offset + n)[None, :].repeat(n_rows, 0))
         return topk_keys.smallest(keys, k, ordered=True)
-    flat = np.flatnonzero(scores >= _threshold(scores, k, floor)[:, None])
+    flat = None
+    if np.isfinite(floor).all():
+        # After the first gallery block the k-th best kept is usually threshold enough: about k x
+        # (block rows / rows seen) entries per row reach it on shuffled data, and this skips the
+        # group maxima and their per-row partition (a fixed cost per tile). On ordered data it
+        # can let most of the block through; then the block's own maxima bound it after all.
+        flat = np.flatnonzero(scores >= floor[:, None])
+        if flat.size > _FLOOR_CANDIDATES * k * n_rows:
+            flat = None
+    if flat is None:
+        flat = np.flatnonzero(scores >= _threshold(scores, k, floor)[:, None])
     rows = flat // n
     keys = topk_keys.encode(scores.ravel()[flat], flat - rows * n + offset)
     return topk_keys.smallest(topk_keys.pack_rows(rows, keys, n_rows), k, ordered=True)
@@ -128,6 +143,8 @@ def _tile_keys(scores: np.ndarray, k: int, offset: int, floor: np.ndarray) -> np
 
 
 _CHUNK_BYTES = 4 * 1024 * 1024
+# Candidates per row per kept entry above which the kept k-th best alone is not threshold enough.
+_FLOOR_CANDIDATES = 2
 _workers: list[ThreadPoolExecutor] = []
 
 
@@ -437,7 +454,7 @@ def exact_topk(
     # The gallery block is bounded too: its copies (dtype cast, normalize, device) would otherwise
     # grow as the query count shrinks (2.7 GB at 100 queries x 1024-d).
     bound = min(tile_bytes // (4 * q_rows), tile_bytes // (4 * max(1, dim)))
-    g_rows = max(k + 1, min(max(_MIN_TILE_ROWS, _TILE_ROWS_PER_K * k), bound))
+    g_rows = max(k + 1, min(max(_MIN_TILE_BYTES // (4 * q_rows), _TILE_ROWS_PER_K * k), bound))
     q_blocks = [(s, scorer.queries(q_all[s : s + q_rows])) for s in range(0, n_q, q_rows)]
     best = np.full((n_q, k), topk_keys.EMPTY_KEY, dtype=np.uint64)
     floor = np.full(n_q, -np.inf, dtype=np.float32)

@@ -87,6 +87,27 @@ def test_gallery_sorted_by_score_worst_case_for_sampled_bounds(engine, ascending
     assert (result.indices == brute_force(q, g, 25)).all()
 
 
+@pytest.mark.parametrize("order", ["shuffled", "ascending"])
+def test_kept_kth_best_thresholds_later_blocks_unless_too_many_reach_it(order, tied_data, monkeypatch):
+    # After the first gallery block the k-th best kept so far is the threshold when few entries
+    # reach it (shuffled data); a gallery sorted by ascending score lets every entry through, and
+    # the block's own group maxima take over. Both answers are the reference's.
+    import services.evaluator.search as search
+
+    queries, gallery = tied_data
+    q = queries[:1]
+    scores = gallery @ q[0]
+    ranks = np.argsort(scores, kind="stable") if order == "ascending" else np.random.default_rng(3).permutation(len(gallery))
+    g = gallery[ranks]
+    thresholds = []
+    real = search._threshold
+    monkeypatch.setattr(search, "_threshold", lambda *a: thresholds.append(1) or real(*a))
+    result = exact_topk(q, g, 5, engine="numpy", tile_bytes=4 * 16 * 500)  # blocks of 500 rows
+    assert (result.indices == brute_force(q, g, 5)).all()
+    blocks = -(-len(g) // 500)
+    assert len(thresholds) == (1 if order == "shuffled" else blocks)
+
+
 def test_unknown_engine_name_is_an_error():
     from services.evaluator.search import resolve_engine
 
