@@ -17,9 +17,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from services.common.errors import VsbenchError
+from services.evaluator import arrow_kernels as ak
 from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, InputRole, ModelInfo
 from services.evaluator.datasets.base import Dataset, GalleryType, ImageRecord, Setup, Split
 from services.evaluator.datasets.columns import DatasetColumns, inter_columns, intra_columns
@@ -64,7 +64,7 @@ class PrecomputedDataset(Dataset):
 
     def gallery(self) -> list[ImageRecord]:
         c = self.precomputed
-        labels = c.products.take(pa.array(np.maximum(c.gallery_codes, 0))).to_pylist()
+        labels = ak.take(c.products, np.maximum(c.gallery_codes, 0)).to_pylist()
         return [
             ImageRecord(i, i, label if code >= 0 else "", Split.GALLERY)
             for i, label, code in zip(c.gallery_ids.to_pylist(), labels, c.gallery_codes)
@@ -104,19 +104,19 @@ def open_precomputed_inputs(
     gallery = _open(gallery_path, "gallery")
     if queries_path is None:
         setup, queries = Setup.INTRA, None
-        if pc.all(pc.equal(gallery.labels, "")).as_py():
+        if ak.all_true(ak.equal(gallery.labels, "")):
             raise InputError("gallery: no row has a label, so intra retrieval has no queries")
         columns = intra_columns(gallery.ids, gallery.labels)
     else:
         setup, queries = Setup.INTER, _open(queries_path, "queries")
-        empty = _first(pc.equal(queries.labels, ""))
+        empty = _first(ak.equal(queries.labels, ""))
         if empty is not None:
             raise InputError(f"queries: row {empty} (id {queries.ids[empty].as_py()!r}) is a query with an empty label")
         if queries.dim != gallery.dim:
             raise InputError(f"dimension mismatch: queries have {queries.dim} dims, gallery has {gallery.dim}")
         # Inter splits must not overlap: a query also in the gallery would be its own top match.
         # (The hash set is built of the queries, the small side, and the gallery probed against it.)
-        shared = _first(pc.is_in(gallery.ids, value_set=queries.ids))
+        shared = _first(ak.is_in(gallery.ids, queries.ids))
         if shared is not None:
             raise InputError(
                 f"queries: id {gallery.ids[shared].as_py()!r} is also a gallery id; inter retrieval needs disjoint "
@@ -161,7 +161,7 @@ def _open(path: Path, role: str) -> EmbeddingSplit:
 
 def _first(mask: pa.Array) -> int | None:
     """Index of the first true value, or None."""
-    if not pc.any(mask).as_py():
+    if not ak.any_true(mask):
         return None
     return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from services.common.errors import VsbenchError
+from services.evaluator import arrow_kernels as ak
 from services.common.types import ModelInfo
 from services.evaluator.datasets.base import Dataset, ImageRecord
 from services.evaluator.datasets.columns import DatasetColumns
@@ -175,7 +175,7 @@ def score_stage(
         "gallery": gallery_counts, "timings": timings, "analyses": analyses,
     })
     outcomes = iter_outcomes(
-        scores, topk, columns.query_ids.take(pa.array(stored.query_rows)).to_pylist(),
+        scores, topk, ak.take(columns.query_ids, stored.query_rows).to_pylist(),
         columns.query_products(stored.query_rows), _gallery_ids_at(columns, stored),
         opts.map_k,
     )
@@ -255,8 +255,8 @@ def _split_absent(ids: pa.Array, stored_rows: np.ndarray, missing_ids: set[str])
         return absent, 0
     mask = np.ones(len(ids), dtype=bool)
     mask[stored_rows] = False
-    not_stored = ids.filter(pa.array(mask))
-    missing = int(pc.sum(pc.is_in(not_stored, value_set=pa.array(sorted(missing_ids), pa.string()))).as_py() or 0)
+    not_stored = ak.filter_rows(ids, mask)
+    missing = ak.count_true(ak.is_in(not_stored, pa.array(sorted(missing_ids), pa.string())))
     return absent - missing, missing
 
 
@@ -265,14 +265,14 @@ def _gallery_ids_at(columns: DatasetColumns, stored: _Stored):
     string per gallery item)."""
 
     def ids_of(positions: np.ndarray) -> list[str]:
-        return columns.gallery_ids.take(pa.array(stored.gallery_rows[positions])).to_pylist()
+        return ak.take(columns.gallery_ids, stored.gallery_rows[positions]).to_pylist()
 
     return ids_of
 
 
 def _search_qdrant(store: VectorStore, collection: str, columns: DatasetColumns, stored: _Stored, depth: int) -> TopK:
     """The store's own exact search (for comparison runs; small datasets: ids become Python strings)."""
-    gallery_ids = columns.gallery_ids.take(pa.array(stored.gallery_rows)).to_pylist()
+    gallery_ids = ak.take(columns.gallery_ids, stored.gallery_rows).to_pylist()
     position = {image_id: n for n, image_id in enumerate(gallery_ids)}
     exclude_ids = [gallery_ids[int(i)] for i in stored.exclude] if stored.exclude is not None else None
     # tie_order: equal scores ranked by gallery position, the same tie rule as the matmul engine.

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from services.evaluator import arrow_kernels as ak
 
 DISTRACTOR = -1
 
@@ -37,7 +38,7 @@ class DatasetColumns:
 
     def query_products(self, rows: np.ndarray | None = None) -> list[str]:
         codes = self.query_codes if rows is None else self.query_codes[rows]
-        return self.products.take(pa.array(codes)).to_pylist()
+        return ak.take(self.products, codes).to_pylist()
 
     def counts(self) -> dict[str, int]:
         return {
@@ -82,11 +83,11 @@ def string_column(values: pa.Array | pa.ChunkedArray | Sequence[str] | np.ndarra
 def encode_labels(gallery_labels: pa.Array, query_labels: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Array]:
     """(gallery codes, query codes, products): one dictionary over both splits, "" -> -1."""
     both = pa.concat_arrays([string_column(gallery_labels), string_column(query_labels)])
-    encoded = pc.dictionary_encode(both)
+    encoded = ak.dictionary_encode(both)
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     products = encoded.dictionary
-    empty = pc.index(products, "").as_py()
-    if empty is not None and empty >= 0:
+    empty = ak.index_of(products, "")
+    if empty >= 0:
         codes = np.where(codes == empty, np.int32(DISTRACTOR), codes)
     n = len(gallery_labels)
     return codes[:n], codes[n:], products
@@ -109,6 +110,6 @@ def intra_columns(gallery_ids: pa.Array, gallery_labels: pa.Array) -> DatasetCol
     positions = np.flatnonzero(gallery_codes >= 0)
     return DatasetColumns(
         gallery_ids=gallery_ids, gallery_codes=gallery_codes,
-        query_ids=gallery_ids.take(pa.array(positions)), query_codes=gallery_codes[positions],
+        query_ids=ak.take(gallery_ids, positions), query_codes=gallery_codes[positions],
         products=products, query_positions=positions,
     )
