@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from services.common.errors import VsbenchError
-from services.evaluator import arrow_kernels as ak
 from services.common.types import CallUsage, Embedding, ErrorCode, ImageItem, InputRole, ModelInfo
+from services.evaluator import arrow_kernels as ak
 from services.evaluator.datasets.base import Dataset, GalleryType, ImageRecord, Setup, Split
 from services.evaluator.datasets.columns import DatasetColumns, inter_columns, intra_columns
 from services.evaluator.stores._common import StoreError

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from services.common.errors import VsbenchError
-from services.evaluator import arrow_kernels as ak
 from services.common.types import ModelInfo
+from services.evaluator import arrow_kernels as ak
 from services.evaluator.datasets.base import Dataset, ImageRecord
 from services.evaluator.datasets.columns import DatasetColumns
 from services.evaluator.record import (
