@@ -66,6 +66,28 @@ def test_directory_scores_like_the_npz_of_the_same_vectors(tmp_path, dtype):
     assert from_dir["gallery"]["distractors"] == sum(1 for label in g_labels if not label)
 
 
+def test_npz_embeddings_are_memory_mapped_unless_compressed(tmp_path):
+    (g, g_ids, g_labels), _ = data()
+    columns = dict(ids=np.array(g_ids), labels=np.array(g_labels))
+    np.savez(tmp_path / "stored.npz", embeddings=g, **columns)
+    np.savez_compressed(tmp_path / "deflated.npz", embeddings=g, **columns)
+    np.savez(tmp_path / "fortran.npz", embeddings=np.asfortranarray(g.astype(np.float16)), **columns)
+    stored = read_split(tmp_path / "stored.npz", "gallery")
+    assert isinstance(stored.vectors, np.memmap) and not stored.vectors.flags.writeable
+    np.testing.assert_array_equal(stored.vectors, g)
+    assert stored.ids.to_pylist() == g_ids and stored.labels.to_pylist() == g_labels
+    deflated = read_split(tmp_path / "deflated.npz", "gallery")
+    assert not isinstance(deflated.vectors, np.memmap)
+    np.testing.assert_array_equal(deflated.vectors, g)
+    fortran = read_split(tmp_path / "fortran.npz", "gallery")
+    assert isinstance(fortran.vectors, np.memmap) and fortran.vectors.dtype == np.float16
+    np.testing.assert_array_equal(fortran.vectors, g.astype(np.float16))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes((tmp_path / "stored.npz").read_bytes()[:-200])
+    with pytest.raises(StoreError, match="not a readable .npz"):
+        read_split(truncated, "gallery")
+
+
 def test_intra_directory_and_defaults_from_the_folder_name(tmp_path):
     (g, g_ids, g_labels), _ = data(seed=1)
     write_split(tmp_path / "catalog" / "gallery", g, g_ids, g_labels, fingerprint="fp-1", model="m1")
