@@ -58,7 +58,8 @@ def is_in(array: pa.Array, value_set: pa.Array) -> pa.Array:
 
 
 def filter_rows(array: pa.Array, mask: pa.Array | np.ndarray) -> pa.Array:
-    return call_function("filter", [array, mask if isinstance(mask, pa.Array) else pa.array(mask, pa.bool_())])
+    mask = mask if isinstance(mask, pa.Array) else pa.array(mask, pa.bool_())
+    return call_function("filter", [array, mask])
 
 
 def dictionary_encode(array: pa.Array) -> pa.DictionaryArray:

@@ -97,7 +97,8 @@ def test_kept_kth_best_thresholds_later_blocks_unless_too_many_reach_it(order, t
     queries, gallery = tied_data
     q = queries[:1]
     scores = gallery @ q[0]
-    ranks = np.argsort(scores, kind="stable") if order == "ascending" else np.random.default_rng(3).permutation(len(gallery))
+    shuffled = np.random.default_rng(3).permutation(len(gallery))
+    ranks = np.argsort(scores, kind="stable") if order == "ascending" else shuffled
     g = gallery[ranks]
     thresholds = []
     real = search._threshold
