@@ -13,9 +13,9 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from rich.console import Console
 from rich.markdown import Markdown
@@ -58,12 +58,40 @@ def run_quickstart(
     console = console or Console(stderr=True)
     out = Path(out)
     started = time.perf_counter()
-    # SIGTERM (e.g. from a container runtime) unwinds like Ctrl-C, so servers are stopped.
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with _interruptible() as received:
+        runs = _run(out, small, model_names, console, show_progress, started)
+    if received:
+        # The handler's exception was swallowed where it landed (Python drops exceptions raised
+        # inside finalizers, and some library code catches BaseException); the run went on to
+        # the end, but it was still interrupted.
+        raise SystemExit(_EXIT_STATUS[received[0]])
+    return runs
+
+
+_EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@contextmanager
+def _interruptible() -> Iterator[list[int]]:
+    """SIGTERM (e.g. from a container runtime) unwinds like Ctrl-C, so servers are stopped; both
+    are remembered (the list yielded), in case their exception never reaches the top."""
+    received: list[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        received.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        sys.exit(_EXIT_STATUS[signum])
+
+    # Ctrl-C only where Python's own handler has it: a shell that started us with SIGINT ignored
+    # (a background job) keeps it ignored.
+    signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else [])
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
-        return _run(out, small, model_names, console, show_progress, started)
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class QuickstartError(VsbenchError):
