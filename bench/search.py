@@ -304,9 +304,9 @@ def bench_e2e(args) -> dict:
         r, t = result[name], timings[name]
         print(f"{name:44s} {r['vsbench_s']:10.3f} {r['bare_program_s']:10.3f} {r['ratio']:18.2f} "
               f"{r['gemm_s']:12.3f} {r['ratio_warm_gemm']:15.2f}  {t.get('search_s')} / {t.get('score_total_s')}")
-    best = result["embedding directories"]["ratio"]
+    goal_ratio = result["embedding directories"]["ratio"]
     print(f"goal: the bare GEMM program's time / vsbench's time, both from process start, >= {E2E_GOAL}: "
-          f"{'met' if best >= E2E_GOAL else 'MISSED'} ({best:.2f}, embedding directories; against the warm "
+          f"{'met' if goal_ratio >= E2E_GOAL else 'MISSED'} ({goal_ratio:.2f}, embedding directories; against the warm "
           f"GEMM alone {result['embedding directories']['ratio_warm_gemm']:.2f})\n")
     return result
 

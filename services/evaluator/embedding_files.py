@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from services.evaluator import arrow_kernels as ak
 from services.evaluator.datasets.columns import string_column
 from services.evaluator.stores._common import StoreError
 
@@ -328,21 +329,14 @@ def _checked(split: EmbeddingSplit, role: str) -> EmbeddingSplit:
 
 
 def first_duplicate(ids: pa.Array) -> tuple[str, int, int] | None:
-    """(id, first row, second row) of the first repeated id in row order, or None.
-
-    By a stable sort, not a hash set: at 5M ids Arrow's hash-based distinct count took 6.6 s and
-    kept 1.3 GiB, the sort takes 0.6 s and a copy of the ids (bench/scale.py --via-cli)."""
-    from services.evaluator import arrow_kernels as ak
-
+    """(id, first row, second row) of the first repeated id in row order, or None (by a stable
+    sort: arrow_kernels.sorted_repeats)."""
     if len(ids) < 2:
         return None
-    order = ak.stable_sort_indices(ids)  # equal ids stay in row order
-    ranked = ak.take(ids, order)
-    same = ak.equal(ranked.slice(0, len(ids) - 1), ranked.slice(1))
-    if not ak.any_true(same):
+    rows, repeats = ak.sorted_repeats(ids)
+    pairs = np.flatnonzero(repeats)
+    if not pairs.size:
         return None
-    pairs = np.flatnonzero(same.to_numpy(zero_copy_only=False))
-    rows = order.to_numpy()
     # The pair whose second row comes first is what a scan in row order meets first; within its
     # group of equal ids the element sorted before it is the group's earlier row.
     pick = pairs[np.argmin(rows[pairs + 1])]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from services.evaluator import arrow_kernels as ak
 from services.evaluator.datasets.columns import string_column
 from services.evaluator.embedding_files import (
     EMBEDDING_DTYPES,
@@ -76,19 +77,16 @@ class _Segment:
 def _latest_rows(segments: list[_Segment]) -> list[np.ndarray]:
     """Per segment, a mask of the rows holding the last vector written for their id, found by a
     stable sort of all ids (columnar: no Python object per id, whatever the collection's size)."""
-    from services.evaluator import arrow_kernels as ak
-
     keep = [np.ones(len(segment.ids), dtype=bool) for segment in segments]
     sizes = [len(segment.ids) for segment in segments]
     if sum(sizes) < 2:
         return keep
     ids = pa.concat_arrays([segment.ids for segment in segments])
-    order = ak.stable_sort_indices(ids)  # equal ids stay in write order
-    ranked = ak.take(ids, order)
-    superseded = np.flatnonzero(ak.equal(ranked.slice(0, len(ids) - 1), ranked.slice(1)).to_numpy(zero_copy_only=False))
+    order, repeats = ak.sorted_repeats(ids)  # equal ids stay in write order
+    superseded = np.flatnonzero(repeats)
     if superseded.size:
         mask = np.concatenate(keep)
-        mask[order.to_numpy()[superseded]] = False  # a later row of the same id follows it
+        mask[order[superseded]] = False  # a later row of the same id follows it
         keep = np.split(mask, np.cumsum(sizes)[:-1])
     return keep
 
